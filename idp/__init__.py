@@ -1,0 +1,99 @@
+"""OpenID Connect provider whose core is login-session tracking."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import sqlalchemy as sa
+from flask import Flask
+from flask_migrate import Migrate
+
+from . import config as config_module
+from . import devices, passwords
+from .clock import Clock
+from .keys import KeyStore
+from .models import db
+from .runtime import Services
+
+MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
+migrate = Migrate()
+
+
+def create_app(overrides: dict | None = None, *, clock: Clock | None = None) -> Flask:
+    """Build an app. ``overrides`` take precedence over ``IDP_*`` variables."""
+    settings = config_module.load(overrides)
+    app = Flask(__name__, instance_path=str(settings["INSTANCE_DIR"]))
+    app.config.update(settings)
+    app.config.update(
+        SECRET_KEY=config_module.ensure_secret_key(settings),
+        SQLALCHEMY_DATABASE_URI=settings["DATABASE_URL"],
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(settings["DATABASE_URL"]),
+        SESSION_COOKIE_NAME="idp" if settings["INSECURE_COOKIES"] else "__Host-idp",
+        SESSION_COOKIE_SECURE=not settings["INSECURE_COOKIES"],
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        MAX_CONTENT_LENGTH=1024 * 1024,
+        MAX_FORM_MEMORY_SIZE=512 * 1024,
+        WTF_CSRF_TIME_LIMIT=None,
+        WTF_CSRF_SSL_STRICT=False,
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+    app.debug = False  # never from configuration: `idp serve --dev` is the only way
+    app.logger.setLevel(logging.INFO)
+    _setup_database(app)
+    _setup_services(app, settings, clock or Clock())
+    from .web import register
+
+    register(app)
+    return app
+
+
+def _engine_options(url: str) -> dict:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30, "check_same_thread": False}}
+    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
+
+
+def _setup_database(app: Flask) -> None:
+    url: str = app.config["SQLALCHEMY_DATABASE_URI"]
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
+    if url.startswith("sqlite"):
+        with app.app_context():
+            sa.event.listen(db.engine, "connect", _sqlite_pragmas)
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    """WAL lets readers run beside the writer; foreign keys are off by default in SQLite."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _setup_services(app: Flask, settings: dict, clock: Clock) -> None:
+    retention = max(
+        settings["ID_TOKEN_LIFETIME"], settings["ACCESS_TOKEN_LIFETIME"]
+    ) + settings["ACCESS_TOKEN_LIFETIME"]
+    keys = KeyStore(
+        settings["KEYS_DIR"], retention=retention,
+        reload_interval=settings["KEYS_RELOAD_INTERVAL"],
+    )
+    hasher = passwords.make_hasher(
+        settings["ARGON2_TIME_COST"], settings["ARGON2_MEMORY_COST"], settings["ARGON2_PARALLELISM"]
+    )
+    keys.ensure(clock.now())
+    app.extensions["idp"] = Services(
+        config=app.config,
+        clock=clock,
+        keys=keys,
+        passwords=passwords.Passwords(hasher),
+        locator=devices.Locator(settings["GEOIP_DATABASE"]),
+    )
+    from .oauth import server
+
+    app.extensions["idp.oauth"] = server.build(app)

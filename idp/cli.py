@@ -1,0 +1,330 @@
+"""`idp`, the operator's tool. Every command takes ``--json`` (one JSON object on
+stdout) and fails with one line on stderr and a non-zero exit on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+
+import click
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from . import accounts
+from .config import ConfigError
+
+
+class CommandError(click.ClickException):
+    """A failure the operator can fix; its message says how."""
+
+
+def _app():
+    from . import create_app
+
+    try:
+        return create_app()
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _emit(as_json: bool, data: dict, text: str) -> None:
+    if as_json:
+        click.echo(json.dumps(data, sort_keys=True))
+    else:
+        click.echo(text)
+
+
+def _new_account(app, name: str):
+    services = app.extensions["idp"]
+    return accounts.create_account(
+        name,
+        now=services.clock.now(),
+        max_duration=int(app.config["SESSION_DURATION"].total_seconds()),
+        idle_timeout=int(app.config["IDLE_TIMEOUT"].total_seconds()),
+    )
+
+
+def _safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+
+
+@click.group(help="Operate the identity provider. Every command accepts --json.")
+def cli() -> None:
+    pass
+
+
+def _init(app) -> dict:
+    from flask_migrate import upgrade
+
+    from . import MIGRATIONS_DIR
+    from .runtime import Services
+
+    with app.app_context():
+        upgrade(directory=MIGRATIONS_DIR)
+        services: Services = app.extensions["idp"]
+        services.keys.ensure(services.clock.now())
+        kids = [k.kid for k in services.keys.published(services.clock.now())]
+    return {
+        "database": _safe_url(app.config["SQLALCHEMY_DATABASE_URI"]),
+        "keys_dir": str(app.config["KEYS_DIR"]),
+        "keys": kids,
+    }
+
+
+@cli.command("init")
+@json_option
+def init_command(as_json: bool) -> None:
+    """Apply database migrations and generate signing keys if there are none."""
+    app = _app()
+    result = _init(app)
+    _emit(as_json, result, f"Database ready at {result['database']}; keys in {result['keys_dir']}.")
+
+
+def _demo(app, port: int, host: str) -> dict | None:
+    """On an empty database: a demo account, its owner and a confidential client."""
+    from .models import Account, db
+
+    with app.app_context():
+        if db.session.scalar(sa.select(sa.func.count()).select_from(Account)):
+            return None
+        password = secrets.token_urlsafe(12)
+        services = app.extensions["idp"]
+        account = _new_account(app, "demo")
+        user = accounts.create_user(
+            account, email="demo@example.com", password=password, role="owner",
+            name="Demo Owner", hasher=services.passwords, now=services.clock.now(),
+        )
+        redirect_uri = "http://127.0.0.1:8000/callback"
+        client, secret = accounts.create_client(
+            name="Demo app",
+            redirect_uris=[redirect_uri],
+            post_logout_redirect_uris=["http://127.0.0.1:8000/"],
+            now=services.clock.now(),
+        )
+        db.session.commit()
+        return {
+            "issuer": app.config["ISSUER"],
+            "account": account.name,
+            "user": user.email,
+            "password": password,
+            "client_id": client.client_id,
+            "client_secret": secret,
+            "redirect_uri": redirect_uri,
+        }
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", type=click.IntRange(1, 64), help="Worker processes (IDP_WORKERS).")
+@click.option("--dev", is_flag=True, help="Flask's development server with the reloader.")
+@click.option("--no-demo", is_flag=True, help="Do not create the demo data on an empty database.")
+@json_option
+def serve_command(host, port, workers, dev, no_demo, as_json) -> None:
+    """Migrate, generate keys, create the demo on first start, then serve."""
+    if "IDP_ISSUER" not in os.environ and port != 5000:
+        os.environ["IDP_ISSUER"] = f"http://127.0.0.1:{port}"
+    app = _app()
+    _init(app)
+    demo = None if no_demo else _demo(app, port, host)
+    if demo and not as_json:
+        click.echo(
+            "\nDemo data created (shown once — the password and secret are stored hashed):\n"
+            f"  issuer         {demo['issuer']}\n"
+            f"  sign in as     {demo['user']}  password {demo['password']}\n"
+            f"  client_id      {demo['client_id']}\n"
+            f"  client_secret  {demo['client_secret']}\n"
+            f"  redirect_uri   {demo['redirect_uri']}\n"
+            f"Discovery: {demo['issuer']}/.well-known/openid-configuration\n"
+            f"Your account: {demo['issuer']}/account\n"
+        )
+    elif as_json:
+        click.echo(json.dumps({"serving": f"http://{host}:{port}", "demo": demo}, sort_keys=True))
+    sys.stdout.flush()
+    workers = workers or app.config["WORKERS"]
+    if dev or os.name != "posix":
+        app.run(host=host, port=port, debug=False, use_reloader=dev)
+        return
+    _gunicorn(host, port, workers)
+
+
+def _gunicorn(host: str, port: int, workers: int) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", 4)
+            self.cfg.set("accesslog", "-")
+            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
+            self.cfg.set("graceful_timeout", 10)
+
+        def load(self):
+            from . import create_app
+
+            return create_app()
+
+    Server().run()
+
+
+@cli.command("create-account")
+@click.argument("name")
+@json_option
+def create_account_command(name: str, as_json: bool) -> None:
+    """Create an account (an organisation) with the default session policy."""
+    app = _app()
+    with app.app_context():
+        from .models import db
+
+        try:
+            account = _new_account(app, name)
+            db.session.commit()
+        except accounts.AccountError as exc:
+            raise CommandError(str(exc)) from None
+        _emit(as_json, {"account": account.name, "id": account.id},
+              f"Created account {account.name} (id {account.id}).")
+
+
+@cli.command("create-user")
+@click.option("--account", "account_name", required=True, help="Account name.")
+@click.option("--email", required=True)
+@click.option("--role", type=click.Choice(["owner", "admin", "member"]), default="member",
+              show_default=True)
+@click.option("--name", "full_name", help="Full name.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@json_option
+def create_user_command(account_name, email, role, full_name, password_stdin, as_json) -> None:
+    """Create a user in an account."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    app = _app()
+    with app.app_context():
+        from .models import db
+
+        try:
+            account = accounts.find_account(account_name)
+            user = accounts.create_user(
+                account, email=email, password=password, role=role, name=full_name,
+                hasher=app.extensions["idp"].passwords, now=app.extensions["idp"].clock.now(),
+            )
+            db.session.commit()
+        except accounts.AccountError as exc:
+            raise CommandError(str(exc)) from None
+        _emit(as_json, {"sub": user.sub, "email": user.email},
+              f"Created {user.email} (sub {user.sub}) in {account.name}.")
+
+
+@cli.command("create-client")
+@click.option("--name", required=True)
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="Repeat for several.")
+@click.option("--public", is_flag=True, help="No secret; PKCE required (SPAs, native apps).")
+@click.option("--first-party", is_flag=True, help="Skip the consent page for this client.")
+@click.option("--resource-server", is_flag=True, help="May introspect tokens meant for it.")
+@click.option("--backchannel-logout-uri")
+@click.option("--post-logout-redirect-uri", "post_logout_uris", multiple=True)
+@click.option("--scope", default="openid profile email", show_default=True)
+@click.option("--id-token-alg", type=click.Choice(["RS256", "ES256"]), default="RS256",
+              show_default=True)
+@json_option
+def create_client_command(name, redirect_uris, public, first_party, resource_server,
+                          backchannel_logout_uri, post_logout_uris, scope, id_token_alg,
+                          as_json) -> None:
+    """Register a relying party or resource server. The secret is shown only here."""
+    app = _app()
+    with app.app_context():
+        from .models import db
+
+        try:
+            client, secret = accounts.create_client(
+                name=name,
+                redirect_uris=list(redirect_uris),
+                public=public,
+                first_party=first_party,
+                resource_server=resource_server,
+                backchannel_logout_uri=backchannel_logout_uri,
+                post_logout_redirect_uris=list(post_logout_uris),
+                scope=scope,
+                id_token_alg=id_token_alg,
+                now=app.extensions["idp"].clock.now(),
+            )
+            db.session.commit()
+        except accounts.AccountError as exc:
+            raise CommandError(str(exc)) from None
+        data = {"client_id": client.client_id, "client_secret": secret}
+        text = f"client_id      {client.client_id}\n"
+        text += f"client_secret  {secret}  (shown once; stored hashed)" if secret else (
+            "public client: no secret; use PKCE (S256)")
+        _emit(as_json, data, text)
+
+
+@cli.command("rotate-keys")
+@json_option
+def rotate_keys_command(as_json: bool) -> None:
+    """New signing keys; old public keys stay in the JWKS until what they signed expired."""
+    app = _app()
+    services = app.extensions["idp"]
+    new = services.keys.rotate(services.clock.now())
+    published = [k.kid for k in services.keys.published(services.clock.now())]
+    _emit(as_json, {"new": [k.kid for k in new], "published": published},
+          f"New keys: {', '.join(k.kid for k in new)}. Published: {len(published)} keys.")
+
+
+@cli.command("sweep")
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100000))
+@json_option
+def sweep_command(batch: int, as_json: bool) -> None:
+    """Expire sessions past their deadlines and purge history past retention."""
+    from . import sessions
+    from .models import LoginSession, db
+
+    app = _app()
+    with app.app_context():
+        services = app.extensions["idp"]
+        total = db.session.scalar(
+            sa.select(sa.func.count()).select_from(LoginSession).where(
+                LoginSession.ended_at.is_(None))
+        )
+        with click.progressbar(length=total, label="Checking open sessions", file=sys.stderr,
+                               show_pos=True) as bar:
+            result = sessions.sweep(
+                services.clock.now(), app.config["SESSION_RETENTION"], batch=batch,
+                progress=bar.update if not as_json else None,
+            )
+        _emit(as_json, {"expired": result.expired, "purged": result.purged},
+              f"Expired {result.expired} sessions; purged {result.purged} old ones.")
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", click.exceptions.Exit)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors, exit 2 for usage, 1 for failures."""
+    try:
+        cli.main(args=argv, prog_name="idp", standalone_mode=False)
+    except _NO_ARGS_IS_HELP:
+        sys.exit(0)
+    except click.UsageError as exc:
+        click.echo(f"idp: {exc.format_message()} (see idp {_cmd(exc)}--help)", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"idp: {exc.format_message()}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("idp: aborted", err=True)
+        sys.exit(1)
+
+
+def _cmd(exc: click.UsageError) -> str:
+    ctx = exc.ctx
+    if ctx is not None and ctx.command is not None and ctx.command is not cli:
+        return f"{ctx.command.name} "
+    return ""

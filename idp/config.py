@@ -1,0 +1,201 @@
+"""Every default of the provider, in one place.
+
+Each key can be overridden by an environment variable of the same name prefixed
+with ``IDP_`` (``IDP_ISSUER=https://id.example.com``) or by the mapping passed to
+``create_app``. Values are validated once at startup so that a bad setting stops
+the process with one clear line instead of failing on the first request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message says which and how to fix it."""
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+# name -> (default, kind, help). Kinds: str, int, bool, duration, path.
+SETTINGS: dict[str, tuple[object, str, str]] = {
+    # -- where things live
+    "DATABASE_URL": (None, "str", "SQLAlchemy URL; default a SQLite file instance/idp.db"),
+    "INSTANCE_DIR": ("instance", "path", "Local state: SQLite file, generated secret key"),
+    "KEYS_DIR": ("keys", "path", "Signing keys (0600 PEM files + keys.json); share it between nodes"),
+    "ISSUER": ("http://127.0.0.1:5000", "str", "Issuer identifier: the public base URL, no trailing slash"),
+    "SECRET_KEY": (None, "str", "Signs Flask's cookie; generated into INSTANCE_DIR/secret_key if unset"),
+    # -- HTTP
+    "INSECURE_COOKIES": (False, "bool", "Plain-HTTP cookies without __Host- prefix; loopback issuer only"),
+    "TRUSTED_PROXIES": (0, "int", "Proxy hops whose X-Forwarded-For is believed (0-10)"),
+    "GEOIP_DATABASE": (None, "str", "MaxMind-format .mmdb for city-level location (bundled country data otherwise)"),
+    # -- token lifetimes
+    "ACCESS_TOKEN_LIFETIME": ("10m", "duration", "JWT access token lifetime (1 min - 1 h)"),
+    "ID_TOKEN_LIFETIME": ("1h", "duration", "ID token lifetime (1 min - 24 h)"),
+    "REFRESH_TOKEN_LIFETIME": ("720h", "duration", "Refresh token cap; never past its session's deadlines"),
+    "CODE_LIFETIME": ("60s", "duration", "Authorization code lifetime (10 s - 10 min)"),
+    "ACCESS_TOKEN_ALG": ("RS256", "str", "Algorithm of JWT access tokens: RS256 or ES256"),
+    # -- sessions and policy defaults for new accounts
+    "SESSION_DURATION": ("24h", "duration", "Default maximum session duration of a new account"),
+    "IDLE_TIMEOUT": ("2h", "duration", "Default sign-out after inactivity of a new account"),
+    "SESSION_DURATION_MIN": ("5m", "duration", "Lowest maximum session duration an admin may set"),
+    "SESSION_DURATION_MAX": ("720h", "duration", "Highest maximum session duration an admin may set"),
+    "IDLE_TIMEOUT_MIN": ("5m", "duration", "Lowest inactivity timeout an admin may set"),
+    "IDLE_TIMEOUT_MAX": ("24h", "duration", "Highest inactivity timeout an admin may set"),
+    "CONCURRENT_SESSIONS_MAX": (1000, "int", "Highest concurrent-session limit an admin may set"),
+    "ACTIVITY_WRITE_INTERVAL": ("60s", "duration", "At most one last-active write per session per interval"),
+    "SESSION_RETENTION": ("720h", "duration", "How long ended/expired sessions stay in history"),
+    # -- passwords (argon2id)
+    "ARGON2_TIME_COST": (3, "int", "argon2id iterations"),
+    "ARGON2_MEMORY_COST": (65536, "int", "argon2id memory in KiB"),
+    "ARGON2_PARALLELISM": (4, "int", "argon2id lanes"),
+    # -- keys
+    "KEYS_RELOAD_INTERVAL": (30, "int", "Seconds between checks for keys rotated by another node"),
+    # -- server
+    "WORKERS": (2, "int", "Default worker processes for `idp serve`"),
+}
+
+
+def parse_duration(value: object) -> timedelta:
+    """Accept seconds (``90``) or a number with a unit (``90s``, ``5m``, ``720h``, ``30d``)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text)
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use seconds or 90s, 5m, 720h, 30d)")
+    number, unit = match.groups()
+    return timedelta(seconds=float(number) * DURATION_UNITS[unit or "s"])
+
+
+def _parse(name: str, kind: str, value: object) -> object:
+    if value is None:
+        return None
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if kind == "duration":
+            return parse_duration(value)
+        if kind == "path":
+            return Path(value).expanduser().resolve()
+        return str(value)
+    except ValueError as exc:
+        raise ConfigError(f"IDP_{name}: {exc}") from None
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load(overrides: dict | None = None, environ: dict | None = None) -> dict:
+    """Resolve every setting: overrides > IDP_* environment > default; then validate."""
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    config: dict[str, object] = {}
+    for name, (default, kind, _help) in SETTINGS.items():
+        if name in overrides:
+            raw = overrides[name]
+        elif f"IDP_{name}" in environ:
+            raw = environ[f"IDP_{name}"]
+        else:
+            raw = default
+        config[name] = _parse(name, kind, raw)
+    # Keys that are not IDP_ settings (test hooks, Flask options) pass through.
+    for key, value in overrides.items():
+        config.setdefault(key, value)
+    _validate(config)
+    return config
+
+
+def _bounded(config: dict, name: str, low: timedelta, high: timedelta) -> None:
+    value = config[name]
+    if not low <= value <= high:
+        raise ConfigError(f"IDP_{name} must be between {low} and {high}, got {value}")
+
+
+def _validate(config: dict) -> None:
+    issuer = config["ISSUER"].rstrip("/")
+    parts = urlsplit(issuer)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"IDP_ISSUER must be an http(s) URL without query or fragment: {issuer!r}")
+    if parts.scheme == "http" and not is_loopback_url(issuer):
+        raise ConfigError("IDP_ISSUER must use https unless it is a loopback address")
+    config["ISSUER"] = issuer
+    if config["INSECURE_COOKIES"] and not is_loopback_url(issuer):
+        raise ConfigError(
+            "IDP_INSECURE_COOKIES=1 is for localhost development only; "
+            f"the issuer {issuer} is not a loopback address. Unset it and serve over HTTPS."
+        )
+    if parts.scheme == "http" and not config["INSECURE_COOKIES"]:
+        # Secure cookies are never sent over plain HTTP: a loopback http issuer needs
+        # insecure cookies to work at all, so development turns them on by itself.
+        config["INSECURE_COOKIES"] = True
+    if not 0 <= config["TRUSTED_PROXIES"] <= 10:
+        raise ConfigError("IDP_TRUSTED_PROXIES must be between 0 and 10")
+    if config["ACCESS_TOKEN_ALG"] not in {"RS256", "ES256"}:
+        raise ConfigError("IDP_ACCESS_TOKEN_ALG must be RS256 or ES256")
+    _bounded(config, "ACCESS_TOKEN_LIFETIME", timedelta(minutes=1), timedelta(hours=1))
+    _bounded(config, "ID_TOKEN_LIFETIME", timedelta(minutes=1), timedelta(hours=24))
+    _bounded(config, "CODE_LIFETIME", timedelta(seconds=10), timedelta(minutes=10))
+    _bounded(config, "REFRESH_TOKEN_LIFETIME", timedelta(minutes=5), timedelta(days=365))
+    if config["SESSION_DURATION_MIN"] > config["SESSION_DURATION_MAX"]:
+        raise ConfigError("IDP_SESSION_DURATION_MIN is above IDP_SESSION_DURATION_MAX")
+    if config["IDLE_TIMEOUT_MIN"] > config["IDLE_TIMEOUT_MAX"]:
+        raise ConfigError("IDP_IDLE_TIMEOUT_MIN is above IDP_IDLE_TIMEOUT_MAX")
+    _bounded(
+        config, "SESSION_DURATION", config["SESSION_DURATION_MIN"], config["SESSION_DURATION_MAX"]
+    )
+    _bounded(config, "IDLE_TIMEOUT", config["IDLE_TIMEOUT_MIN"], config["IDLE_TIMEOUT_MAX"])
+    if config["IDLE_TIMEOUT"] > config["SESSION_DURATION"]:
+        raise ConfigError("IDP_IDLE_TIMEOUT must not be above IDP_SESSION_DURATION")
+    if not 1 <= config["CONCURRENT_SESSIONS_MAX"] <= 100000:
+        raise ConfigError("IDP_CONCURRENT_SESSIONS_MAX must be between 1 and 100000")
+    if config["DATABASE_URL"] is None:
+        config["DATABASE_URL"] = f"sqlite:///{config['INSTANCE_DIR'] / 'idp.db'}"
+
+
+def ensure_secret_key(config: dict) -> str:
+    """Use IDP_SECRET_KEY, or generate one into the instance folder and keep it."""
+    if config.get("SECRET_KEY"):
+        return config["SECRET_KEY"]
+    instance: Path = config["INSTANCE_DIR"]
+    instance.mkdir(parents=True, exist_ok=True)
+    path = instance / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) rows for the README and `idp config`."""
+    rows = []
+    for name, (default, _kind, help_text) in SETTINGS.items():
+        rows.append((f"IDP_{name}", "" if default is None else str(default), help_text))
+    return rows

@@ -1,0 +1,327 @@
+"""The tables. Behaviour lives in the domain modules; these classes hold data and
+the few Authlib mixin methods Authlib calls on them.
+
+Secrets are never stored: cookies, refresh tokens, codes and client secrets are
+kept as SHA-256 hashes (``passwords.hash_secret``), passwords as argon2id. Every
+opaque secret has the form ``<row id>.<secret>`` so a lookup is by primary key.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
+
+from . import passwords
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite drops the zone otherwise)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    registry = registry(type_annotation_map={datetime: UTCDateTime})
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+class Role(enum.StrEnum):
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class OnLimit(enum.StrEnum):
+    DENY = "deny"
+    END_OLDEST = "end_oldest"
+
+
+class EndReason(enum.StrEnum):
+    LOGOUT = "logout"
+    ENDED_BY_USER = "ended_by_user"
+    ENDED_ALL = "ended_all"
+    ENDED_BY_ADMIN = "ended_by_admin"
+    EXPIRED_DURATION = "expired_duration"
+    EXPIRED_IDLE = "expired_idle"
+    EVICTED_CONCURRENT = "evicted_concurrent"
+    PASSWORD_CHANGED = "password_changed"
+    DISABLED = "disabled"
+
+    @property
+    def is_expiry(self) -> bool:
+        return self in (EndReason.EXPIRED_DURATION, EndReason.EXPIRED_IDLE)
+
+
+class Account(db.Model):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(120), unique=True)
+    created_at: Mapped[datetime]
+    # The session policy (seconds; None = unlimited concurrent sessions).
+    max_session_duration: Mapped[int]
+    idle_timeout: Mapped[int]
+    max_concurrent_sessions: Mapped[int | None]
+    on_concurrent_limit: Mapped[str] = mapped_column(sa.String(16), default=OnLimit.DENY)
+    policy_updated_at: Mapped[datetime | None]
+
+    users: Mapped[list[User]] = relationship(back_populates="account")
+
+
+class User(db.Model):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sub: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"), index=True)
+    email: Mapped[str] = mapped_column(sa.String(254), unique=True)
+    email_verified: Mapped[bool] = mapped_column(default=False)
+    name: Mapped[str | None] = mapped_column(sa.String(200))
+    role: Mapped[str] = mapped_column(sa.String(16), default=Role.MEMBER)
+    password_hash: Mapped[str] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+    account: Mapped[Account] = relationship(back_populates="users", lazy="joined")
+
+    def get_user_id(self) -> int:
+        return self.id
+
+
+class Client(db.Model):
+    """A relying party or resource server, registered by the operator."""
+
+    __tablename__ = "clients"
+
+    client_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(120))
+    secret_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    redirect_uris: Mapped[list] = mapped_column(sa.JSON, default=list)
+    post_logout_redirect_uris: Mapped[list] = mapped_column(sa.JSON, default=list)
+    grant_types: Mapped[list] = mapped_column(sa.JSON, default=list)
+    scope: Mapped[str] = mapped_column(sa.String(500), default="openid profile email")
+    first_party: Mapped[bool] = mapped_column(default=False)
+    resource_server: Mapped[bool] = mapped_column(default=False)
+    id_token_signed_response_alg: Mapped[str] = mapped_column(sa.String(8), default="RS256")
+    backchannel_logout_uri: Mapped[str | None] = mapped_column(sa.String(500))
+    backchannel_logout_session_required: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+    @property
+    def is_public(self) -> bool:
+        return self.secret_hash is None
+
+    @property
+    def client_metadata(self) -> dict:
+        """What Authlib's userinfo endpoint reads (no signed userinfo: plain JSON)."""
+        return {}
+
+    # -- Authlib ClientMixin
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        # Only an unambiguous single registration may be implied (OIDC Core 3.1.2.1
+        # makes redirect_uri required; we accept omission for one registered URI).
+        return self.redirect_uris[0] if len(self.redirect_uris) == 1 else None
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        allowed = self.scope.split()
+        if not scope:
+            return " ".join(allowed)
+        return " ".join(s for s in scope.split() if s in allowed)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        """Exact string match only (RFC 9700 §4.1.3)."""
+        return redirect_uri in self.redirect_uris
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        if self.secret_hash is None:
+            return False
+        return passwords.verify_secret(client_secret, self.secret_hash)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if self.is_public:
+            return method == "none"
+        return method in ("client_secret_basic", "client_secret_post")
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code" and "authorization_code" in self.grant_types
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.grant_types
+
+
+class LoginSession(db.Model):
+    """One sign-in of one user on one device. ``id`` is public: it is the ``sid``."""
+
+    __tablename__ = "login_sessions"
+    __table_args__ = (sa.Index("ix_login_sessions_user_ended", "user_id", "ended_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(sa.String(64))
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"))
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16), default="browser")
+    created_at: Mapped[datetime]
+    last_active_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    end_reason: Mapped[str | None] = mapped_column(sa.String(32))
+    amr: Mapped[list] = mapped_column(sa.JSON, default=list)
+    ip_first: Mapped[str] = mapped_column(sa.String(64))
+    ip_last: Mapped[str] = mapped_column(sa.String(64))
+    user_agent: Mapped[str] = mapped_column(sa.String(600), default="")
+    device_label: Mapped[str] = mapped_column(sa.String(120))
+    device_type: Mapped[str] = mapped_column(sa.String(16))
+    location: Mapped[str] = mapped_column(sa.String(120))
+
+    user: Mapped[User] = relationship(lazy="joined")
+    account: Mapped[Account] = relationship(lazy="joined")
+
+
+class TokenFamily(db.Model):
+    """Everything one authorization of one client produced under one session."""
+
+    __tablename__ = "token_families"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    session_id: Mapped[str | None] = mapped_column(sa.ForeignKey("login_sessions.id"), index=True)
+    client_id: Mapped[str] = mapped_column(sa.ForeignKey("clients.client_id"), index=True)
+    user_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))
+    scope: Mapped[str] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime]
+    last_issued_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    revoke_reason: Mapped[str | None] = mapped_column(sa.String(32))
+
+    session: Mapped[LoginSession | None] = relationship()
+    client: Mapped[Client] = relationship(lazy="joined")
+
+
+class RefreshToken(db.Model):
+    """Stored as a hash. A rotated token presented again is reuse (RFC 9700 §4.14.2)."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(sa.String(64))
+    family_id: Mapped[str] = mapped_column(sa.ForeignKey("token_families.id"), index=True)
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    rotated_at: Mapped[datetime | None]
+
+    family: Mapped[TokenFamily] = relationship(lazy="joined")
+
+    # -- Authlib TokenMixin (what the refresh grant asks)
+    def check_client(self, client: Client) -> bool:
+        return self.family.client_id == client.client_id
+
+    def get_scope(self) -> str:
+        return self.family.scope
+
+
+class RevokedAccessToken(db.Model):
+    """A JWT access token revoked on its own (RFC 7009); kept until it expires."""
+
+    __tablename__ = "revoked_access_tokens"
+
+    jti: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    family_id: Mapped[str] = mapped_column(sa.String(32))
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime]
+
+
+class AuthorizationCode(db.Model):
+    """One-time, short-lived, bound to a session, a client and a redirect URI."""
+
+    __tablename__ = "authorization_codes"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(sa.String(64))
+    client_id: Mapped[str] = mapped_column(sa.ForeignKey("clients.client_id"))
+    session_id: Mapped[str] = mapped_column(sa.ForeignKey("login_sessions.id"), index=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"))
+    redirect_uri: Mapped[str] = mapped_column(sa.String(500))
+    scope: Mapped[str] = mapped_column(sa.String(500))
+    nonce: Mapped[str | None] = mapped_column(sa.String(500))
+    code_challenge: Mapped[str | None] = mapped_column(sa.String(128))
+    code_challenge_method: Mapped[str | None] = mapped_column(sa.String(8))
+    auth_time: Mapped[datetime]
+    amr: Mapped[list] = mapped_column(sa.JSON, default=list)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    family_id: Mapped[str | None] = mapped_column(sa.String(32))
+
+    # -- Authlib AuthorizationCodeMixin
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_nonce(self) -> str | None:
+        return self.nonce
+
+    def get_auth_time(self) -> int:
+        return int(self.auth_time.timestamp())
+
+    def get_acr(self) -> None:
+        return None
+
+    def get_amr(self) -> list:
+        return list(self.amr or [])
+
+
+class Consent(db.Model):
+    """A user's remembered approval of a client's scopes."""
+
+    __tablename__ = "consents"
+
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), primary_key=True)
+    client_id: Mapped[str] = mapped_column(sa.ForeignKey("clients.client_id"), primary_key=True)
+    scope: Mapped[str] = mapped_column(sa.String(500))
+    granted_at: Mapped[datetime]
+
+
+class AuditEvent(db.Model):
+    """Append-only record of what happened to sessions, tokens and policies."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (sa.Index("ix_audit_events_session", "session_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime]
+    event: Mapped[str] = mapped_column(sa.String(48))
+    account_id: Mapped[int | None] = mapped_column(index=True)
+    user_id: Mapped[int | None]
+    session_id: Mapped[str | None] = mapped_column(sa.String(32))
+    client_id: Mapped[str | None] = mapped_column(sa.String(64))
+    actor: Mapped[str | None] = mapped_column(sa.String(120))
+    ip: Mapped[str | None] = mapped_column(sa.String(64))
+    detail: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+
+    def __repr__(self) -> str:
+        return f"<AuditEvent {self.event} {json.dumps(self.detail, sort_keys=True)}>"

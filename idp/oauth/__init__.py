@@ -1,0 +1,1 @@
+"""Protocol layer: Authlib wiring that calls the domain."""

@@ -1,0 +1,183 @@
+"""Introspection (RFC 7662), revocation (RFC 7009) and userinfo, answered from
+``tokens``: a token is active only while its family and its session are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from authlib.integrations.flask_oauth2 import ResourceProtector
+from authlib.oauth2.rfc6750 import BearerTokenValidator as _BearerTokenValidator
+from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
+from authlib.oidc.core import UserInfoEndpoint as _UserInfoEndpoint
+
+from .. import audit, tokens
+from ..models import Client, RefreshToken
+from ..runtime import client_ip, config, now, services
+from .grants import Principal, user_info
+
+INTROSPECTION_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+REVOCATION_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+
+@dataclass
+class FoundToken:
+    """An access or refresh token, shaped as Authlib's endpoints expect."""
+
+    kind: str  # "access_token" | "refresh_token"
+    access: tokens.AccessToken | None = None
+    refresh: RefreshToken | None = None
+
+    @property
+    def family(self):
+        return self.access.family if self.access else self.refresh.family
+
+    @property
+    def client_id(self) -> str | None:
+        family = self.family
+        return family.client_id if family else None
+
+    @property
+    def scope(self) -> str:
+        return self.access.scope if self.access else self.refresh.family.scope
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def check_client(self, client: Client) -> bool:
+        return self.client_id == client.client_id
+
+    def is_expired(self) -> bool:
+        current = now()
+        if self.access:
+            return self.access.claims["exp"] <= current.timestamp()
+        return self.refresh.expires_at <= current or self.refresh.rotated_at is not None
+
+    def is_revoked(self) -> bool:
+        if self.access:
+            return self.access.revoked or not tokens.is_active(self.access.family, now())
+        return not tokens.is_active(self.refresh.family, now())
+
+    def audience(self) -> list[str]:
+        if self.access:
+            aud = self.access.claims.get("aud", [])
+            return [aud] if isinstance(aud, str) else list(aud)
+        return [self.refresh.family.client_id]
+
+    # -- for the userinfo endpoint
+    def get_client(self) -> Client:
+        return self.family.client
+
+    def get_user(self) -> Principal:
+        family = self.family
+        return Principal(family.session.user, family.session, family)
+
+
+def find_token(value: str, hint: str | None) -> FoundToken | None:
+    if not value or len(value) > 16384:
+        return None
+    cfg = config()
+    if hint != "refresh_token":
+        access = tokens.find_access_token(
+            value, keys=services().keys, issuer=cfg["ISSUER"], now=now()
+        )
+        if access is not None:
+            return FoundToken("access_token", access=access)
+    refresh = tokens.find_refresh(value)
+    if refresh is not None:
+        return FoundToken("refresh_token", refresh=refresh)
+    return None
+
+
+class IntrospectionEndpoint(_IntrospectionEndpoint):
+    CLIENT_AUTH_METHODS = INTROSPECTION_AUTH_METHODS
+
+    def query_token(self, token_string: str, token_type_hint: str | None):
+        return find_token(token_string, token_type_hint)
+
+    def check_permission(self, token: FoundToken, client: Client, request) -> bool:
+        """The client the token was issued to, or a resource server in its audience."""
+        if token.check_client(client):
+            return True
+        return client.resource_server and client.client_id in token.audience()
+
+    def introspect_token(self, token: FoundToken) -> dict:
+        family = token.family
+        session = family.session
+        user = session.user if session else None
+        body = {
+            "active": True,
+            "scope": token.scope,
+            "client_id": family.client_id,
+            "token_type": "Bearer" if token.access else "refresh_token",
+            "iss": config()["ISSUER"],
+        }
+        if user is not None:
+            body["sub"] = user.sub
+            body["username"] = user.email
+        if session is not None:
+            body["sid"] = session.id
+        if token.access:
+            claims = token.access.claims
+            for name in ("exp", "iat", "nbf", "aud", "jti"):
+                if name in claims:
+                    body[name] = claims[name]
+        else:
+            body["exp"] = int(token.refresh.expires_at.timestamp())
+            body["iat"] = int(token.refresh.issued_at.timestamp())
+            body["aud"] = family.client_id
+        return body
+
+
+class RevocationEndpoint(_RevocationEndpoint):
+    CLIENT_AUTH_METHODS = REVOCATION_AUTH_METHODS
+
+    def query_token(self, token_string: str, token_type_hint: str | None):
+        return find_token(token_string, token_type_hint)
+
+    def revoke_token(self, token: FoundToken, request) -> None:
+        """A refresh token takes its whole family with it; an access token only itself."""
+        family = token.family
+        if family is None:
+            return
+        if token.refresh is not None:
+            revoked = tokens.revoke_family(family.id, "revoked_by_client", now=now())
+        else:
+            tokens.revoke_access_token(token.access, now=now())
+            revoked = False
+        audit.record(
+            "token.revoked",
+            now=now(),
+            user_id=family.user_id,
+            session_id=family.session_id,
+            client_id=family.client_id,
+            actor=f"client:{family.client_id}",
+            ip=client_ip(),
+            token_type=token.kind,
+            family_revoked=revoked,
+        )
+
+
+class BearerTokenValidator(_BearerTokenValidator):
+    def authenticate_token(self, token_string: str) -> FoundToken | None:
+        access = tokens.find_access_token(
+            token_string, keys=services().keys, issuer=config()["ISSUER"], now=now()
+        )
+        if access is None or access.family is None or access.family.session is None:
+            return None
+        return FoundToken("access_token", access=access)
+
+
+class UserInfoEndpoint(_UserInfoEndpoint):
+    def get_issuer(self) -> str:
+        return config()["ISSUER"]
+
+    def generate_user_info(self, user: Principal, scope: str):
+        return user_info(user.user, scope)
+
+
+def resource_protector() -> ResourceProtector:
+    protector = ResourceProtector()
+    protector.register_token_validator(BearerTokenValidator())
+    return protector

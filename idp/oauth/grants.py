@@ -1,0 +1,180 @@
+"""Authlib grants wired to the domain: authorization code + PKCE + OpenID, refresh.
+
+Each hook is a short call into ``tokens``/``sessions``. Hooks only flush; the
+token view commits once. The exceptions are reuse detection and a session found
+expired at refresh: those are their own state change, committed before the
+error is returned so the rollback of the failed request cannot undo them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from authlib.oauth2.rfc6749 import grants
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oidc.core import UserInfo
+from authlib.oidc.core.grants import OpenIDCode as _OpenIDCode
+from authlib.oidc.core.grants.util import create_half_hash
+
+from .. import passwords, sessions, tokens
+from ..models import AuthorizationCode, LoginSession, TokenFamily, User, db
+from ..runtime import client_ip, config, now, services
+
+CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+
+@dataclass
+class Principal:
+    """What Authlib calls "the user": a user acting through one live session and,
+    at the token endpoint, the family being issued."""
+
+    user: User
+    session: LoginSession | None
+    family: TokenFamily | None = None
+
+    def get_user_id(self) -> int:
+        return self.user.id
+
+
+def user_info(user: User, scope: str) -> UserInfo:
+    """Standard claims released per scope (OIDC Core §5.4)."""
+    scopes = set(scope.split())
+    info = UserInfo(sub=user.sub)
+    if "profile" in scopes:
+        info["name"] = user.name or ""
+        info["preferred_username"] = user.email
+        info["updated_at"] = int(user.created_at.timestamp())
+    if "email" in scopes:
+        info["email"] = user.email
+        info["email_verified"] = bool(user.email_verified)
+    return info
+
+
+def _session_or_error(session: LoginSession | None) -> LoginSession:
+    """The live session behind a code or refresh token, or invalid_grant.
+    A session that just crossed a deadline is marked expired and committed first."""
+    if session is None:
+        raise InvalidGrantError("The session behind this grant no longer exists.")
+    reason = sessions.check(session, now())
+    if reason is not None:
+        db.session.commit()
+        raise InvalidGrantError("The login session behind this grant has ended.")
+    if session.user.disabled_at is not None:
+        raise InvalidGrantError("The user is disabled.")
+    return session
+
+
+class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def generate_authorization_code(self) -> str:
+        return passwords.new_token()[2]
+
+    def save_authorization_code(self, code: str, request) -> None:
+        principal: Principal = request.user
+        payload = request.payload
+        tokens.save_code(
+            code,
+            client=request.client,
+            session=principal.session,
+            redirect_uri=payload.redirect_uri or request.client.get_default_redirect_uri(),
+            scope=request.scope,
+            nonce=payload.data.get("nonce"),
+            code_challenge=payload.data.get("code_challenge"),
+            code_challenge_method=payload.data.get("code_challenge_method"),
+            now=now(),
+            lifetime=config()["CODE_LIFETIME"],
+        )
+
+    def query_authorization_code(self, code: str, client) -> AuthorizationCode | None:
+        claim = tokens.claim_code(code, client.client_id, now=now(), ip=client_ip())
+        if claim.reused:
+            db.session.commit()
+        return claim.row
+
+    def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
+        """Kept, marked used: a second presentation must be recognised as reuse."""
+
+    def authenticate_user(self, authorization_code: AuthorizationCode) -> Principal:
+        session = _session_or_error(db.session.get(LoginSession, authorization_code.session_id))
+        family = tokens.start_family(
+            session=session, client=self.request.client, scope=authorization_code.scope,
+            now=now(),
+        )
+        authorization_code.family_id = family.id
+        return Principal(session.user, session, family)
+
+
+class RefreshTokenGrant(grants.RefreshTokenGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token: str):
+        claim = tokens.claim_refresh(refresh_token, now=now(), ip=client_ip())
+        if claim.reused:
+            db.session.commit()
+        return claim.row
+
+    def authenticate_user(self, refresh_token) -> Principal:
+        family = refresh_token.family
+        if family.revoked_at is not None:
+            raise InvalidGrantError("The grant has been revoked.")
+        session = _session_or_error(family.session)
+        sessions.touch(session, now(), client_ip(), config()["ACTIVITY_WRITE_INTERVAL"])
+        family.last_issued_at = now()
+        return Principal(session.user, session, family)
+
+    def revoke_old_credential(self, refresh_token) -> None:
+        """Already marked rotated by the atomic claim in ``authenticate_refresh_token``."""
+
+
+class S256CodeChallenge(CodeChallenge):
+    """PKCE with S256 only (RFC 9700 §2.1.1); required for public clients at the
+    authorization request, not only at the token request."""
+
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+    CODE_CHALLENGE_METHODS = {"S256": CodeChallenge.CODE_CHALLENGE_METHODS["S256"]}
+
+    def validate_code_challenge(self, grant, redirect_uri) -> None:
+        data = grant.request.payload.data
+        if data.get("code_challenge") and not data.get("code_challenge_method"):
+            raise InvalidRequestError("'code_challenge_method' must be S256.")
+        if not data.get("code_challenge") and grant.request.client.is_public:
+            raise InvalidRequestError("Public clients must use PKCE with S256.")
+        super().validate_code_challenge(grant, redirect_uri)
+
+
+class OpenIDCode(_OpenIDCode):
+    """ID tokens signed with our keys and our clock, carrying ``sid``."""
+
+    def exists_nonce(self, nonce: str, request) -> bool:
+        return (
+            db.session.query(AuthorizationCode.id)
+            .filter_by(client_id=request.payload.client_id, nonce=nonce)
+            .first()
+            is not None
+        )
+
+    def generate_user_info(self, user: Principal, scope: str) -> UserInfo:
+        return user_info(user.user, scope)
+
+    def encode_id_token(self, token: dict, request) -> str:
+        principal: Principal = request.user
+        client = request.client
+        alg = client.id_token_signed_response_alg or "RS256"
+        issued = int(now().timestamp())
+        claims = {
+            "iss": config()["ISSUER"],
+            "aud": client.client_id,
+            "azp": client.client_id,
+            "iat": issued,
+            "exp": issued + int(config()["ID_TOKEN_LIFETIME"].total_seconds()),
+            "sid": principal.session.id,
+        }
+        claims.update(self.get_authorization_code_claims(request.authorization_code))
+        at_hash = create_half_hash(token["access_token"], alg)
+        claims["at_hash"] = at_hash.decode()
+        claims.update(user_info(principal.user, token["scope"]))
+        return services().keys.sign(claims, alg=alg, typ="JWT")

@@ -1,0 +1,103 @@
+"""The Authlib authorization server of one app: grants, endpoints, token generator.
+
+Built per app (no module-global server), so tests and two-node setups can run
+several apps in one process.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
+from flask import Flask
+
+from .. import tokens
+from ..models import Client, db
+from ..runtime import config, now, services
+from .endpoints import (
+    IntrospectionEndpoint,
+    RevocationEndpoint,
+    UserInfoEndpoint,
+    resource_protector,
+)
+from .grants import (
+    AuthorizationCodeGrant,
+    OpenIDCode,
+    Principal,
+    RefreshTokenGrant,
+    S256CodeChallenge,
+)
+
+SCOPES_SUPPORTED = ["openid", "profile", "email"]
+
+
+class AuthorizationServer(_AuthorizationServer):
+    def query_client(self, client_id: str) -> Client | None:
+        if not client_id or len(client_id) > 64:
+            return None
+        return db.session.scalar(
+            sa.select(Client).where(Client.client_id == client_id, Client.disabled_at.is_(None))
+        )
+
+    def save_token(self, token: dict, request) -> None:
+        """Rows were added by the generator; nothing else to store (flush only)."""
+
+    def handle_response(self, status_code, payload, headers):
+        response = super().handle_response(status_code, payload, headers)
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Pragma"] = "no-cache"
+        return response
+
+
+def generate_token(
+    grant_type: str,
+    client: Client,
+    user: Principal | None = None,
+    scope: str | None = None,
+    expires_in: int | None = None,
+    include_refresh_token: bool = True,
+) -> dict:
+    """A JWT access token (RFC 9068) and a rotating refresh token, neither of which
+    can outlive the session it was issued under."""
+    cfg = config()
+    current = now()
+    family = user.family
+    lifetime = int(cfg["ACCESS_TOKEN_LIFETIME"].total_seconds())
+    deadline = tokens.session_deadline(family.session, current)
+    if deadline is not None:
+        lifetime = max(1, min(lifetime, int((deadline - current).total_seconds())))
+    claims = tokens.access_token_claims(
+        issuer=cfg["ISSUER"],
+        family=family,
+        subject=user.user.sub,
+        now=current,
+        expires_in=lifetime,
+    )
+    claims["scope"] = scope or family.scope
+    token = {
+        "token_type": "Bearer",
+        "access_token": services().keys.sign(
+            claims, alg=cfg["ACCESS_TOKEN_ALG"], typ=tokens.ACCESS_TOKEN_TYP
+        ),
+        "expires_in": lifetime,
+        "scope": claims["scope"],
+    }
+    if include_refresh_token:
+        token["refresh_token"], _ = tokens.issue_refresh(
+            family, now=current, lifetime=cfg["REFRESH_TOKEN_LIFETIME"]
+        )
+    return token
+
+
+def build(app: Flask) -> AuthorizationServer:
+    server = AuthorizationServer()
+    server.init_app(app)
+    server.scopes_supported = SCOPES_SUPPORTED
+    server.register_token_generator("default", generate_token)
+    server.register_grant(
+        AuthorizationCodeGrant, [S256CodeChallenge(required=True), OpenIDCode(require_nonce=False)]
+    )
+    server.register_grant(RefreshTokenGrant)
+    server.register_endpoint(IntrospectionEndpoint)
+    server.register_endpoint(RevocationEndpoint)
+    server.register_endpoint(UserInfoEndpoint(resource_protector=resource_protector()))
+    return server

@@ -1,0 +1,115 @@
+"""Surfaces: one blueprint per surface, plus what every response shares
+(CSRF, security headers, error pages in the caller's format)."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, g, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from ..models import db
+
+csrf = CSRFProtect()
+log = logging.getLogger("idp")
+
+# A strict policy: no inline script, no framing (clickjacking on login and consent).
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; "
+    "form-action 'self' {form_action}; frame-ancestors 'none'; base-uri 'none'"
+)
+
+MESSAGES = {
+    400: "The request could not be understood.",
+    403: "You are not allowed to do that.",
+    404: "There is nothing here.",
+    405: "That method is not allowed here.",
+    413: "The request is too large.",
+    429: "Too many requests. Wait a moment and try again.",
+    500: "Something went wrong on our side. Try again in a moment.",
+    503: "The service is briefly unavailable. Try again in a moment.",
+}
+
+
+def wants_json() -> bool:
+    if request.path.startswith(("/api/", "/oauth/", "/.well-known/", "/userinfo")):
+        return True
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes[
+        "text/html"
+    ]
+
+
+def error_response(status: int, message: str | None = None, error: str | None = None):
+    message = message or MESSAGES.get(status, "Something went wrong.")
+    if wants_json():
+        body = {"error": error or _oauth_code(status), "error_description": message}
+        return jsonify(body), status
+    return render_template("errors/error.html", status=status, message=message), status
+
+
+def _oauth_code(status: int) -> str:
+    return {
+        400: "invalid_request",
+        401: "invalid_client",
+        403: "access_denied",
+        404: "not_found",
+        405: "invalid_request",
+        413: "invalid_request",
+        429: "slow_down",
+        503: "temporarily_unavailable",
+    }.get(status, "server_error")
+
+
+def register(app: Flask) -> None:
+    from . import account, auth, oidc
+
+    csrf.init_app(app)
+    oidc.exempt_from_csrf(csrf)
+    app.register_blueprint(oidc.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(account.bp)
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(exc):
+        db.session.rollback()
+        return error_response(
+            400, "The form expired or was sent from another site. Go back, reload and try again."
+        )
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        db.session.rollback()
+        return error_response(exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        """Never a stack trace to the caller; the log keeps it (without request secrets)."""
+        db.session.rollback()
+        if isinstance(exc, HTTPException):
+            return http_error(exc)
+        from sqlalchemy.exc import OperationalError
+
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        if isinstance(exc, OperationalError):
+            return error_response(503)
+        return error_response(InternalServerError.code)
+
+    @app.after_request
+    def security_headers(response):
+        headers = response.headers
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        if response.mimetype == "text/html":
+            headers.setdefault(
+                "Content-Security-Policy", CSP.format(form_action=g.get("form_action", ""))
+            )
+            headers.setdefault("X-Frame-Options", "DENY")
+            headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.teardown_request
+    def rollback_leftovers(exc):
+        """Anything a request did not commit is undone: no half-written state."""
+        db.session.rollback()

@@ -1,0 +1,136 @@
+"""Signing in and out at the provider."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import sqlalchemy as sa
+from flask import (
+    Blueprint,
+    flash,
+    g,
+    redirect,
+    render_template,
+    session,
+    url_for,
+)
+
+from .. import audit, sessions
+from ..models import EndReason, User, db
+from ..runtime import client_ip, now, origin, services
+from . import current
+from .forms import ActionForm, LoginForm
+
+bp = Blueprint("auth", __name__)
+
+PENDING = "pending_authorize"
+
+
+def remember_authorization(query: str) -> None:
+    """Keep the authorization request while the user signs in (signed Flask cookie)."""
+    session[PENDING] = query
+
+
+def _resume_target(pending: str | None) -> str:
+    """Only ever our own /authorize, never a caller-supplied URL (no open redirect)."""
+    if not pending:
+        return url_for("account.index")
+    params = []
+    for key, value in parse_qsl(pending, keep_blank_values=True):
+        if key == "prompt":
+            # The user has just signed in: "login" is satisfied; keep the rest.
+            value = " ".join(p for p in value.split() if p != "login")
+            if not value:
+                continue
+        params.append((key, value))
+    return url_for("oidc.authorize") + "?" + urlencode(params)
+
+
+def _form_action_for(pending: str | None) -> str:
+    """After the login form, the browser is redirected to the client: CSP's
+    form-action must allow that origin or Chromium blocks the redirect."""
+    for key, value in parse_qsl(pending or ""):
+        if key == "redirect_uri":
+            parts = urlsplit(value)
+            if parts.scheme in ("http", "https") and parts.netloc:
+                return f"{parts.scheme}://{parts.netloc}"
+    return ""
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    pending = session.get(PENDING)
+    g.form_action = _form_action_for(pending)
+    form = LoginForm()
+    live = current.login_session()
+    if g.get("expired_reason") in current.EXPIRY_MESSAGES:
+        flash(current.EXPIRY_MESSAGES[g.expired_reason], "info")
+        db.session.commit()
+    if form.is_submitted() and not form.validate():
+        return render_template("login.html", form=form, error=_first_error(form)), 400
+    if not form.is_submitted():
+        if live is not None and not pending:
+            db.session.commit()
+            return redirect(url_for("account.index"), 303)
+        if pending and not form.email.data:
+            form.email.data = dict(parse_qsl(pending)).get("login_hint", "")[:254]
+        db.session.commit()
+        return render_template("login.html", form=form, error=None)
+
+    email = form.email.data.strip().lower()
+    user = db.session.scalar(sa.select(User).where(User.email == email))
+    ok, new_hash = services().passwords.verify(
+        user.password_hash if user else None, form.password.data
+    )
+    if not ok or user is None or user.disabled_at is not None:
+        audit.record(
+            "login.failed",
+            now=now(),
+            account_id=user.account_id if user else None,
+            user_id=user.id if user else None,
+            ip=client_ip(),
+            actor="anonymous",
+        )
+        db.session.commit()
+        return render_template(
+            "login.html", form=form, error="Incorrect email or password."
+        ), 401
+    if new_hash:
+        user.password_hash = new_hash
+    if live is not None:
+        # A new sign-in on this browser replaces the session it had.
+        sessions.end(live, EndReason.LOGOUT, now=now(), actor=f"user:{live.user.sub}",
+                     ip=client_ip())
+    try:
+        started = sessions.start(user, origin(), now=now())
+    except sessions.SessionLimitReached as limit:
+        db.session.commit()
+        return render_template("limit.html", sessions=limit.active, user=user), 409
+    db.session.commit()
+    session.clear()  # no session fixation: every pre-login browser value goes
+    response = redirect(_resume_target(pending), 303)
+    current.set_cookie(response, started.cookie, started.session)
+    return response
+
+
+def _first_error(form: LoginForm) -> str:
+    if form.csrf_token.errors:
+        return "The form expired. Sign in again."
+    return "Enter your email and password."
+
+
+@bp.route("/logout", methods=["POST"])
+def logout():
+    form = ActionForm()
+    if not form.validate_on_submit():
+        return redirect(url_for("auth.login"), 303)
+    live = current.login_session()
+    if live is not None:
+        sessions.end(live, EndReason.LOGOUT, now=now(), actor=f"user:{live.user.sub}",
+                     ip=client_ip())
+    db.session.commit()
+    session.clear()
+    flash("You have been signed out.", "info")
+    response = redirect(url_for("auth.login"), 303)
+    current.clear_cookie(response)
+    return response

@@ -1,0 +1,25 @@
+"""Forms (Flask-WTF): every state-changing form carries a CSRF token."""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import EmailField, HiddenField, PasswordField, SubmitField
+from wtforms.validators import DataRequired, Length
+
+
+class LoginForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+    submit = SubmitField("Sign in")
+
+
+class ConsentForm(FlaskForm):
+    decision = HiddenField()
+    allow = SubmitField("Allow")
+    deny = SubmitField("Deny")
+
+
+class ActionForm(FlaskForm):
+    """A button that changes state: logout, end a session."""
+
+    submit = SubmitField("Confirm")

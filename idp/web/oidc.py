@@ -1,0 +1,269 @@
+"""The OpenID Connect / OAuth 2 endpoints: discovery, JWKS, authorize, token,
+userinfo, introspection, revocation."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
+from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
+
+from ..models import Consent, db
+from ..oauth.endpoints import INTROSPECTION_AUTH_METHODS, REVOCATION_AUTH_METHODS
+from ..oauth.grants import CLIENT_AUTH_METHODS, Principal
+from ..oauth.server import SCOPES_SUPPORTED
+from ..runtime import config, now, services
+from . import current
+from .auth import remember_authorization
+from .forms import ConsentForm
+
+bp = Blueprint("oidc", __name__)
+
+SCOPE_TEXT = {
+    "openid": "Sign you in and know who you are",
+    "profile": "See your name",
+    "email": "See your email address",
+}
+
+
+def _server():
+    return current_app.extensions["idp.oauth"]
+
+
+def discovery_document() -> dict:
+    """Exactly what is implemented, nothing that is not (OIDC Discovery §3, RFC 8414)."""
+    issuer = config()["ISSUER"]
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/oauth/token",
+        "userinfo_endpoint": f"{issuer}/userinfo",
+        "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "introspection_endpoint": f"{issuer}/oauth/introspect",
+        "revocation_endpoint": f"{issuer}/oauth/revoke",
+        "scopes_supported": SCOPES_SUPPORTED,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+        "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+        "introspection_endpoint_auth_methods_supported": INTROSPECTION_AUTH_METHODS,
+        "revocation_endpoint_auth_methods_supported": REVOCATION_AUTH_METHODS,
+        "code_challenge_methods_supported": ["S256"],
+        "prompt_values_supported": ["none", "login", "consent"],
+        "claims_supported": [
+            "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "amr", "sid",
+            "azp", "name", "preferred_username", "updated_at", "email", "email_verified",
+        ],
+        "claims_parameter_supported": False,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "authorization_response_iss_parameter_supported": True,
+    }
+
+
+@bp.get("/.well-known/openid-configuration")
+@bp.get("/.well-known/oauth-authorization-server")
+def discovery():
+    cached = current_app.extensions.get("idp.discovery")
+    if cached is None:
+        cached = json.dumps(discovery_document(), separators=(",", ":")).encode()
+        current_app.extensions["idp.discovery"] = cached
+    return Response(cached, mimetype="application/json",
+                    headers={"Cache-Control": "public, max-age=3600"})
+
+
+@bp.get("/.well-known/jwks.json")
+def jwks():
+    body = services().keys.jwks_json(now())
+    return Response(body, mimetype="application/json",
+                    headers={"Cache-Control": "public, max-age=300"})
+
+
+# -- authorization endpoint -------------------------------------------------------
+
+
+def _with_issuer(response):
+    """RFC 9207: every authorization response that goes back to the client names us."""
+    if response.status_code in (301, 302, 303) and response.location:
+        response.location = add_params_to_uri(response.location, {"iss": config()["ISSUER"]})
+    return response
+
+
+def _error(error: OAuth2Error, state: str | None = None):
+    """Back to the client only with a validated redirect URI; a page otherwise."""
+    db.session.commit()
+    if error.redirect_uri:
+        error.state = state
+        return _with_issuer(_server().handle_error_response(None, error))
+    return render_template(
+        "errors/error.html",
+        status=400,
+        title="This sign-in link is not valid",
+        message=error.description or "The application sent an invalid sign-in request.",
+        hint="Go back to the application and try signing in again. "
+        "If it keeps happening, tell the application's owner.",
+    ), 400
+
+
+def _needs_login(principal_session, params) -> bool:
+    if principal_session is None:
+        return True
+    prompts = params.get("prompt", "").split()
+    if "login" in prompts:
+        return True
+    max_age = params.get("max_age")
+    if max_age is not None:
+        if not max_age.isdigit():
+            raise InvalidRequestError("'max_age' must be a number of seconds.")
+        age = (now() - principal_session.created_at).total_seconds()
+        if age > int(max_age):
+            return True
+    hint = params.get("id_token_hint")
+    if hint:
+        sub = _hint_subject(hint)
+        if sub is not None and sub != principal_session.user.sub:
+            return True
+    return False
+
+
+def _hint_subject(hint: str) -> str | None:
+    """The subject of an ID token we issued; an expired hint still identifies a user."""
+    import jwt as pyjwt
+
+    try:
+        claims = services().keys.verify(
+            hint, issuer=config()["ISSUER"], now=now(), verify_exp=False
+        )
+    except pyjwt.InvalidTokenError:
+        raise InvalidRequestError("'id_token_hint' is not an ID token of this provider.") from None
+    return claims.get("sub")
+
+
+def _consented(principal: Principal, client, scope: str) -> bool:
+    if client.first_party:
+        return True
+    consent = db.session.get(Consent, (principal.user.id, client.client_id))
+    return consent is not None and set(scope.split()) <= set(consent.scope.split())
+
+
+@bp.route("/authorize", methods=["GET", "POST"])
+def authorize():
+    params = request.args
+    state = params.get("state")
+    live = current.login_session()
+    principal = Principal(live.user, live) if live else None
+    try:
+        grant = _server().get_consent_grant(end_user=principal)
+        redirect_uri = grant.redirect_uri
+        if "request" in params or "request_uri" in params:
+            code = "request_not_supported" if "request" in params else "request_uri_not_supported"
+            error = InvalidRequestError("Request objects are not supported.",
+                                        redirect_uri=redirect_uri)
+            error.error = code
+            raise error
+        if params.get("response_mode", "query") != "query":
+            raise InvalidRequestError("Only response_mode=query is supported.",
+                                      redirect_uri=redirect_uri)
+        try:
+            needs_login = _needs_login(live, params)
+        except InvalidRequestError as exc:
+            exc.redirect_uri = redirect_uri
+            raise
+        prompts = params.get("prompt", "").split()
+        if needs_login:
+            if "none" in prompts:
+                raise LoginRequiredError(redirect_uri=redirect_uri)
+            remember_authorization(urlencode(list(params.items(multi=True))))
+            db.session.commit()
+            return redirect(url_for("auth.login"), 303)
+        client = grant.client
+        scope = grant.request.scope
+        if "consent" in prompts or not _consented(principal, client, scope):
+            if "none" in prompts:
+                raise ConsentRequiredError(redirect_uri=redirect_uri)
+            form = ConsentForm()
+            if request.method == "POST" and form.validate_on_submit():
+                if not form.allow.data:
+                    response = _server().create_authorization_response(
+                        grant=grant, grant_user=None
+                    )
+                    db.session.commit()
+                    return _with_issuer(response)
+                _remember_consent(principal, client, scope)
+            else:
+                db.session.commit()
+                g.form_action = _origin(redirect_uri)
+                return render_template(
+                    "consent.html", form=form, client=client,
+                    scopes=[(s, SCOPE_TEXT.get(s, s)) for s in scope.split()],
+                    user=principal.user, action=request.full_path,
+                )
+        response = _server().create_authorization_response(grant=grant, grant_user=principal)
+        db.session.commit()
+        return _with_issuer(response)
+    except OAuth2Error as error:
+        return _error(error, state)
+
+
+def _origin(uri: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") else ""
+
+
+def _remember_consent(principal: Principal, client, scope: str) -> None:
+    consent = db.session.get(Consent, (principal.user.id, client.client_id))
+    if consent is None:
+        db.session.add(Consent(user_id=principal.user.id, client_id=client.client_id,
+                               scope=scope, granted_at=now()))
+    else:
+        consent.scope = " ".join(sorted(set(consent.scope.split()) | set(scope.split())))
+        consent.granted_at = now()
+
+
+# -- back-channel endpoints (no cookies, no CSRF: clients authenticate) ---------------
+
+
+def _committing(response):
+    if response.status_code < 400:
+        db.session.commit()
+    else:
+        db.session.rollback()
+    return response
+
+
+@bp.post("/oauth/token")
+def token():
+    return _committing(_server().create_token_response())
+
+
+@bp.route("/userinfo", methods=["GET", "POST"])
+def userinfo():
+    response = _server().create_endpoint_response("userinfo")
+    response.headers["Cache-Control"] = "no-store"
+    return _committing(response)
+
+
+@bp.post("/oauth/introspect")
+def introspect():
+    response = _server().create_endpoint_response("introspection")
+    response.headers["Cache-Control"] = "no-store"
+    return _committing(response)
+
+
+@bp.post("/oauth/revoke")
+def revoke():
+    return _committing(_server().create_endpoint_response("revocation"))
+
+
+def exempt_from_csrf(csrf) -> None:
+    for view in (token, userinfo, introspect, revoke):
+        csrf.exempt(view)
+
