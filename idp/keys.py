@@ -205,9 +205,7 @@ class KeyStore:
             raise ValueError(f"unsupported signing algorithm {alg!r}")
         key = self._maybe_reload().current.get(alg)
         if key is None:
-            raise KeyStoreError(
-                f"no current {alg} signing key in {self.manifest_path}; rotate the keys"
-            )
+            raise KeyStoreError(f"no current {alg} signing key in {self.manifest_path}; run: idp rotate-keys")
         return key
 
     def sign(self, claims: dict[str, Any], *, alg: str = "RS256", typ: str | None = "JWT") -> str:
@@ -243,8 +241,15 @@ class KeyStore:
         snapshot = self._maybe_reload()
         try:
             return self._verify(
-                token, snapshot, now=now, now_ts=now.timestamp(), audience=audience,
-                issuer=issuer, leeway=leeway, verify_exp=verify_exp, typ=typ,
+                token,
+                snapshot,
+                now=now,
+                now_ts=now.timestamp(),
+                audience=audience,
+                issuer=issuer,
+                leeway=leeway,
+                verify_exp=verify_exp,
+                typ=typ,
             )
         except jwt.InvalidTokenError:
             raise
@@ -270,9 +275,7 @@ class KeyStore:
         cached = self._jwks_cache
         if cached is not None and cached[0] is snapshot and cached[1] == kids:
             return cached[2]
-        body = json.dumps(
-            {"keys": [snapshot.jwk[kid] for kid in kids]}, separators=(",", ":")
-        ).encode()
+        body = json.dumps({"keys": [snapshot.jwk[kid] for kid in kids]}, separators=(",", ":")).encode()
         self._jwks_cache = (snapshot, kids, body)
         return body
 
@@ -406,11 +409,7 @@ class KeyStore:
                 if private_key is None:
                     private_key = _load_pem(self._pem_path(entry.kid), entry.alg)
                 cache[entry.kid] = private_key
-                keys.append(
-                    SigningKey(
-                        entry.kid, entry.alg, private_key, entry.created_at, entry.retired_at
-                    )
-                )
+                keys.append(SigningKey(entry.kid, entry.alg, private_key, entry.created_at, entry.retired_at))
         self._key_cache = cache
         order = {k.kid: i for i, k in enumerate(keys)}
         keys.sort(key=lambda k: (k.created_at, order[k.kid]), reverse=True)
@@ -470,9 +469,7 @@ class KeyStore:
                 raise KeyStoreError(f"{self.directory} exists but is not a directory") from None
             return
         except OSError as exc:
-            raise KeyStoreError(
-                f"cannot create keys directory {self.directory}: {exc.strerror}"
-            ) from exc
+            raise KeyStoreError(f"cannot create keys directory {self.directory}: {exc.strerror}") from exc
         os.chmod(self.directory, 0o700)  # makedirs' mode is filtered by the umask
 
     def _fsync_dir(self) -> None:

@@ -518,9 +518,7 @@ def test_verify_raises_only_invalid_token_error_on_garbage(shared: KeyStore, tok
 
 def test_verify_rejects_a_payload_that_is_not_an_object(shared: KeyStore) -> None:
     key = shared.current("ES256")
-    token = jwt.api_jws.encode(
-        b"[1, 2]", key.private_key, algorithm="ES256", headers={"kid": key.kid}
-    )
+    token = jwt.api_jws.encode(b"[1, 2]", key.private_key, algorithm="ES256", headers={"kid": key.kid})
 
     with pytest.raises(jwt.InvalidTokenError):
         shared.verify(token, now=NOW, verify_exp=False)
@@ -530,7 +528,7 @@ def test_verify_requires_an_aware_now(shared: KeyStore) -> None:
     token = shared.sign(_claims())
 
     with pytest.raises(ValueError, match="timezone"):
-        shared.verify(token, now=datetime(2026, 1, 5, 9, 0))  # noqa: DTZ001
+        shared.verify(token, now=datetime(2026, 1, 5, 9, 0))
 
 
 # -- what loading refuses ------------------------------------------------------------
@@ -561,14 +559,14 @@ def test_a_group_readable_manifest_is_refused_with_a_chmod_hint(keys_dir: Path) 
         ("{not json", "not valid JSON"),
         ("[]", "keys"),
         ('{"keys": [{"kid": "../../etc/passwd", "alg": "RS256"}]}', "invalid kid"),
-        ('{"keys": [{"kid": "k1", "alg": "HS256", "created_at": "2026-01-05T09:00:00Z"}]}',
-         "unsupported alg"),
+        (
+            '{"keys": [{"kid": "k1", "alg": "HS256", "created_at": "2026-01-05T09:00:00Z"}]}',
+            "unsupported alg",
+        ),
         ('{"keys": [{"kid": "k1", "alg": "RS256", "created_at": "yesterday"}]}', "created_at"),
     ],
 )
-def test_a_corrupt_manifest_is_reported_and_never_overwritten(
-    keys_dir: Path, content: str, why: str
-) -> None:
+def test_a_corrupt_manifest_is_reported_and_never_overwritten(keys_dir: Path, content: str, why: str) -> None:
     manifest = keys_dir / "keys.json"
     manifest.write_text(content)
     manifest.chmod(0o600)
