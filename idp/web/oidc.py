@@ -248,6 +248,14 @@ def token():
 def userinfo():
     response = _server().create_endpoint_response("userinfo")
     response.headers["Cache-Control"] = "no-store"
+    challenge = response.headers.get("WWW-Authenticate", "")
+    if challenge:
+        realm = f'Bearer realm="{config()["ISSUER"]}"'
+        # RFC 6750 §3: the scheme is "Bearer"; no error code when no token was sent.
+        if "missing_authorization" in challenge:
+            response.headers["WWW-Authenticate"] = realm
+        else:
+            response.headers["WWW-Authenticate"] = realm + ", " + challenge.split(" ", 1)[1]
     return _committing(response)
 
 
