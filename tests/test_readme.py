@@ -76,7 +76,7 @@ def test_first_command_starts_a_usable_provider_from_a_clean_clone(tmp_path):
         assert (clone / "keys").stat().st_mode & 0o077 == 0
         for label in ("client_id", "client_secret", "redirect_uri", "password"):
             assert label in output
-        password = re.search(r"password (\S+)", output).group(1)
+        password = re.search(r"demo@example.com\s+password (\S+)", output).group(1)
         login = httpx.Client(base_url="http://127.0.0.1:5000", timeout=10)
         page = login.get("/login")
         token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text).group(1)
