@@ -8,6 +8,7 @@ the audit event in the caller's transaction (DESIGN invariant 2).
 
 from __future__ import annotations
 
+import base64
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from .models import (
     Account,
     AuditEvent,
     AuthorizationCode,
+    Client,
     EndReason,
     LoginSession,
     RefreshToken,
@@ -312,3 +314,197 @@ def purge(session_ids: list[str]) -> None:
     )
     db.session.execute(sa.delete(AuditEvent).where(AuditEvent.session_id.in_(session_ids)))
     db.session.execute(sa.delete(LoginSession).where(LoginSession.id.in_(session_ids)))
+
+
+# -- what users and administrators see -----------------------------------------------
+
+REASON_TEXT = {
+    EndReason.LOGOUT: "Signed out",
+    EndReason.ENDED_BY_USER: "Ended by you",
+    EndReason.ENDED_ALL: "Ended by you",
+    EndReason.ENDED_BY_ADMIN: "Ended by an administrator",
+    EndReason.EXPIRED_DURATION: "Expired: maximum duration",
+    EndReason.EXPIRED_IDLE: "Expired: inactivity",
+    EndReason.EVICTED_CONCURRENT: "Ended: session limit reached",
+    EndReason.PASSWORD_CHANGED: "Ended: password changed",
+    EndReason.DISABLED: "Ended: account disabled",
+}
+
+
+EVENT_TEXT = {
+    "session.started": "Signed in",
+    "session.ended": "Session ended",
+    "session.expired": "Session expired",
+    "session.denied": "Sign-in refused: session limit",
+    "refresh.reused": "Refresh token reused: that app's access was revoked",
+    "code.reused": "Authorization code replayed: that app's access was revoked",
+    "token.revoked": "An app gave up a token",
+}
+
+
+@dataclass
+class AppGrant:
+    """One client holding tokens under a session."""
+
+    client_id: str
+    name: str
+    scopes: list[str]
+    first_issued: datetime
+    last_issued: datetime
+    active: bool
+
+
+@dataclass
+class SessionView:
+    session: LoginSession
+    status: Status
+    reason: EndReason | None
+    absolute_deadline: datetime
+    idle_deadline: datetime
+    apps: list[AppGrant] = field(default_factory=list)
+    events: list[AuditEvent] = field(default_factory=list)
+
+    @property
+    def reason_text(self) -> str:
+        return REASON_TEXT.get(self.reason, "") if self.reason else ""
+
+    @property
+    def active_apps(self) -> list[AppGrant]:
+        return [a for a in self.apps if a.active]
+
+
+def describe(session: LoginSession, now: datetime) -> SessionView:
+    """Status and deadlines of one session under the account's current policy."""
+    policy = policy_of(session)
+    current = status(session, now)
+    reason = None
+    if session.ended_at is not None:
+        reason = EndReason(session.end_reason)
+    elif current is Status.EXPIRED:
+        reason = policy.expiry_reason(session, now)
+    return SessionView(
+        session=session,
+        status=current,
+        reason=reason,
+        absolute_deadline=policy.absolute_deadline(session),
+        idle_deadline=policy.idle_deadline(session),
+    )
+
+
+def _attach_details(views: list[SessionView], events_per_session: int) -> None:
+    """Apps and events for a page of sessions in two queries, whatever its size."""
+    if not views:
+        return
+    by_id = {v.session.id: v for v in views}
+    rows = db.session.execute(
+        sa.select(TokenFamily, Client.name)
+        .join(Client, Client.client_id == TokenFamily.client_id)
+        .where(TokenFamily.session_id.in_(by_id))
+        .order_by(TokenFamily.created_at)
+    ).all()
+    grouped: dict[tuple[str, str], AppGrant] = {}
+    for family, name in rows:
+        key = (family.session_id, family.client_id)
+        grant = grouped.get(key)
+        if grant is None:
+            grant = grouped[key] = AppGrant(
+                family.client_id, name, [], family.created_at, family.last_issued_at, False
+            )
+            by_id[family.session_id].apps.append(grant)
+        grant.scopes = sorted(set(grant.scopes) | set(family.scope.split()))
+        grant.first_issued = min(grant.first_issued, family.created_at)
+        grant.last_issued = max(grant.last_issued, family.last_issued_at)
+        grant.active = grant.active or family.revoked_at is None
+    events = db.session.scalars(
+        sa.select(AuditEvent)
+        .where(AuditEvent.session_id.in_(by_id))
+        .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
+    ).all()
+    for event in events:
+        view = by_id[event.session_id]
+        if len(view.events) < events_per_session:
+            view.events.append(event)
+
+
+@dataclass
+class Page:
+    views: list[SessionView]
+    next_cursor: str | None
+
+
+def _encode_cursor(session: LoginSession) -> str:
+    raw = f"{session.last_active_at.isoformat()}|{session.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str] | None:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, session_id = raw.split("|", 1)
+        parsed = datetime.fromisoformat(when)
+        if parsed.tzinfo is None or not 0 < len(session_id) <= 32:
+            return None
+        return parsed, session_id
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+class BadCursor(ValueError):
+    """A pagination cursor that this provider did not hand out."""
+
+
+def history(
+    user: User,
+    now: datetime,
+    *,
+    retention: timedelta,
+    only_active: bool = False,
+    cursor: str | None = None,
+    limit: int = 50,
+    events_per_session: int = 20,
+) -> Page:
+    """The user's sessions, newest activity first: active, expired and ended within
+    the retention period (or active only), one page at a time."""
+    policy = SessionPolicy.of(user.account)
+    query = sa.select(LoginSession).where(LoginSession.user_id == user.id)
+    if only_active:
+        query = query.where(
+            LoginSession.ended_at.is_(None),
+            LoginSession.created_at > now - policy.max_duration,
+            LoginSession.last_active_at > now - policy.idle_timeout,
+        )
+    else:
+        query = query.where(
+            sa.or_(LoginSession.ended_at.is_(None), LoginSession.ended_at >= now - retention)
+        )
+    if cursor:
+        position = _decode_cursor(cursor)
+        if position is None:
+            raise BadCursor(cursor)
+        when, session_id = position
+        query = query.where(
+            sa.or_(
+                LoginSession.last_active_at < when,
+                sa.and_(LoginSession.last_active_at == when, LoginSession.id < session_id),
+            )
+        )
+    rows = db.session.scalars(
+        query.order_by(LoginSession.last_active_at.desc(), LoginSession.id.desc()).limit(limit + 1)
+    ).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    views = [describe(s, now) for s in rows]
+    _attach_details(views, events_per_session)
+    return Page(views, _encode_cursor(rows[-1]) if more and rows else None)
+
+
+def get_for_user(user: User, session_id: str, now: datetime) -> SessionView | None:
+    """One of the user's own sessions, or None (someone else's looks like nothing)."""
+    if not session_id or len(session_id) > 32:
+        return None
+    session = db.session.get(LoginSession, session_id)
+    if session is None or session.user_id != user.id:
+        return None
+    view = describe(session, now)
+    _attach_details([view], 50)
+    return view

@@ -82,7 +82,7 @@ def test_first_command_starts_a_usable_provider_from_a_clean_clone(tmp_path):
         token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text).group(1)
         response = login.post("/login", data={"csrf_token": token, "email": "demo@example.com",
                                               "password": password})
-        assert response.status_code == 303 and response.headers["location"] == "/account"
+        assert response.status_code == 303 and response.headers["location"] == "/account/sessions"
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

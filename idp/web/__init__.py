@@ -63,8 +63,9 @@ def _oauth_code(status: int) -> str:
 
 
 def register(app: Flask) -> None:
-    from . import account, auth, oidc
+    from . import account, auth, filters, oidc
 
+    filters.register(app)
     csrf.init_app(app)
     oidc.exempt_from_csrf(csrf)
     app.register_blueprint(oidc.bp)

@@ -1,23 +1,192 @@
-"""The signed-in user's own pages."""
+"""The signed-in user's own pages: their login sessions, and ending them."""
 
 from __future__ import annotations
 
-from flask import Blueprint, redirect, render_template, url_for
+from functools import wraps
 
-from ..models import db
-from ..runtime import now
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
+
+from .. import sessions
+from ..models import EndReason, LoginSession, db
+from ..runtime import client_ip, config, now
 from . import current
 from .forms import ActionForm
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 
+AFTER_LOGIN = "after_login"
+
+
+def login_required(view):
+    """Pages of a signed-in user; others go to the login page and come back after."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        live = current.login_session()
+        if live is None:
+            if g.get("expired_reason") in current.EXPIRY_MESSAGES:
+                flash(current.EXPIRY_MESSAGES[g.expired_reason], "info")
+            db.session.commit()
+            if request.method == "GET":
+                session[AFTER_LOGIN] = request.endpoint
+            response = redirect(url_for("auth.login"), 303)
+            if current.had_cookie():
+                current.clear_cookie(response)
+            return response
+        g.user = live.user
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def describe_target(view: sessions.SessionView) -> str:
+    """"Chrome on macOS in Paris" — the words the confirmation and flash messages use."""
+    s = view.session
+    if s.location in ("This computer", "Local network"):
+        return f"{s.device_label} ({s.location.lower()})"
+    if s.location in ("Unknown location", ""):
+        return s.device_label
+    return f"{s.device_label} in {s.location}"
+
+
+def revokes_text(apps: list[sessions.AppGrant]) -> str:
+    """" and revokes access for 2 apps: Photos, Mail", or nothing when no app holds tokens."""
+    if not apps:
+        return ""
+    names = ", ".join(a.name for a in apps)
+    count = len(apps)
+    return f" and revokes access for {count} app{'s' if count != 1 else ''}: {names}"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
 
 @bp.get("")
+@login_required
 def index():
-    live = current.login_session()
     db.session.commit()
-    if live is None:
-        return redirect(url_for("auth.login"), 303)
+    return redirect(url_for("account.sessions_page"), 303)
+
+
+@bp.get("/sessions")
+@login_required
+def sessions_page():
+    only_active = request.args.get("view") == "active"
+    try:
+        page = sessions.history(
+            g.user, now(), retention=config()["SESSION_RETENTION"], only_active=only_active,
+            cursor=request.args.get("cursor") or None, limit=25,
+        )
+    except sessions.BadCursor:
+        abort(400)
+    db.session.commit()
     return render_template(
-        "account/index.html", user=live.user, session=live, now=now(), logout_form=ActionForm()
+        "account/sessions.html",
+        page=page,
+        only_active=only_active,
+        current_id=current.login_session().id,
+        now=now(),
+        user=g.user,
+        event_text=sessions.EVENT_TEXT,
+        reason_text={str(k): v for k, v in sessions.REASON_TEXT.items()},
     )
+
+
+def _own(session_id: str) -> sessions.SessionView:
+    view = sessions.get_for_user(g.user, session_id, now())
+    if view is None:
+        abort(404)
+    return view
+
+
+@bp.route("/sessions/<session_id>/end", methods=["GET", "POST"])
+@login_required
+def end_one(session_id: str):
+    view = _own(session_id)
+    live = current.login_session()
+    is_current = view.session.id == live.id
+    form = ActionForm()
+    if view.status is not sessions.Status.ACTIVE:
+        db.session.commit()
+        flash(f"That session ({describe_target(view)}) had already ended. Nothing to do.", "info")
+        return redirect(url_for("account.sessions_page"), 303)
+    if request.method == "GET" or not form.validate_on_submit():
+        db.session.commit()
+        action = "Log out" if is_current else "End session"
+        return render_template(
+            "account/confirm.html", form=form, action=action,
+            title="Log out of this device?" if is_current else "End this session?",
+            summary=f"Signs out {describe_target(view)}{revokes_text(view.active_apps)}.",
+            back=url_for("account.sessions_page"),
+        )
+    reason = EndReason.LOGOUT if is_current else EndReason.ENDED_BY_USER
+    sessions.end(view.session, reason, now=now(), actor=f"user:{g.user.sub}", ip=client_ip())
+    db.session.commit()
+    if is_current:
+        return _signed_out("You have been signed out.")
+    flash(f"Ended the session on {describe_target(view)}.", "success")
+    return redirect(url_for("account.sessions_page"), 303)
+
+
+def _signed_out(message: str):
+    session.clear()
+    flash(message, "info")
+    response = redirect(url_for("auth.login"), 303)
+    current.clear_cookie(response)
+    return response
+
+
+def _others(live: LoginSession) -> list[sessions.SessionView]:
+    page = sessions.history(g.user, now(), retention=config()["SESSION_RETENTION"],
+                            only_active=True, limit=1000, events_per_session=0)
+    return [v for v in page.views if v.session.id != live.id]
+
+
+@bp.route("/sessions/end-others", methods=["GET", "POST"])
+@login_required
+def end_others():
+    live = current.login_session()
+    form = ActionForm()
+    if request.method == "GET" or not form.validate_on_submit():
+        others = _others(live)
+        db.session.commit()
+        apps = {a.client_id: a for v in others for a in v.active_apps}
+        return render_template(
+            "account/confirm.html", form=form, action="End all other sessions",
+            title="End all your other sessions?",
+            summary=(f"Signs out {_plural(len(others), 'other session')}"
+                     f"{revokes_text(list(apps.values()))}. This device stays signed in."),
+            back=url_for("account.sessions_page"),
+        )
+    ended = sessions.end_all(g.user, EndReason.ENDED_ALL, now=now(), actor=f"user:{g.user.sub}",
+                             ip=client_ip(), keep=live.id)
+    db.session.commit()
+    flash(f"Ended {_plural(len(ended), 'other session')}. This device stays signed in.",
+          "success")
+    return redirect(url_for("account.sessions_page"), 303)
+
+
+@bp.route("/sessions/end-all", methods=["GET", "POST"])
+@login_required
+def end_all():
+    live = current.login_session()
+    form = ActionForm()
+    if request.method == "GET" or not form.validate_on_submit():
+        others = _others(live)
+        db.session.commit()
+        apps = {a.client_id: a for v in others for a in v.active_apps}
+        mine = sessions.get_for_user(g.user, live.id, now())
+        apps.update({a.client_id: a for a in mine.active_apps})
+        total = len(others) + 1
+        return render_template(
+            "account/confirm.html", form=form, action="End all sessions",
+            title="End all your sessions, including this one?",
+            summary=(f"Signs out all {_plural(total, 'session')}, this device included"
+                     f"{revokes_text(list(apps.values()))}."),
+            back=url_for("account.sessions_page"),
+        )
+    ended = sessions.end_all(g.user, EndReason.ENDED_ALL, now=now(), actor=f"user:{g.user.sub}",
+                             ip=client_ip())
+    db.session.commit()
+    return _signed_out(f"Ended {_plural(len(ended), 'session')}. Sign in again to continue.")

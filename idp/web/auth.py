@@ -31,10 +31,13 @@ def remember_authorization(query: str) -> None:
     session[PENDING] = query
 
 
-def _resume_target(pending: str | None) -> str:
-    """Only ever our own /authorize, never a caller-supplied URL (no open redirect)."""
+AFTER_LOGIN_PAGES = {"account.sessions_page"}
+
+
+def _resume_target(pending: str | None, after: str | None) -> str:
+    """Only ever our own pages, never a caller-supplied URL (no open redirect)."""
     if not pending:
-        return url_for("account.index")
+        return url_for(after if after in AFTER_LOGIN_PAGES else "account.sessions_page")
     params = []
     for key, value in parse_qsl(pending, keep_blank_values=True):
         if key == "prompt":
@@ -60,6 +63,7 @@ def _form_action_for(pending: str | None) -> str:
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     pending = session.get(PENDING)
+    after = session.get("after_login")
     g.form_action = _form_action_for(pending)
     form = LoginForm()
     live = current.login_session()
@@ -71,7 +75,7 @@ def login():
     if not form.is_submitted():
         if live is not None and not pending:
             db.session.commit()
-            return redirect(url_for("account.index"), 303)
+            return redirect(url_for("account.sessions_page"), 303)
         if pending and not form.email.data:
             form.email.data = dict(parse_qsl(pending)).get("login_hint", "")[:254]
         db.session.commit()
@@ -108,7 +112,7 @@ def login():
         return render_template("limit.html", sessions=limit.active, user=user), 409
     db.session.commit()
     session.clear()  # no session fixation: every pre-login browser value goes
-    response = redirect(_resume_target(pending), 303)
+    response = redirect(_resume_target(pending, after), 303)
     current.set_cookie(response, started.cookie, started.session)
     return response
 
