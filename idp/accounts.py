@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import secrets
@@ -100,17 +101,14 @@ def _check_uri(uri: str, *, what: str) -> str:
     if parts.scheme == "http" and parts.hostname:
         host = parts.hostname
         loopback = host == "localhost"
-        try:
+        with contextlib.suppress(ValueError):
             loopback = loopback or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            pass
         if loopback:
             return uri
         raise AccountError(f"{what} must use https (http only for loopback): {uri}")
-    if parts.scheme and parts.scheme not in ("http", "https", "javascript", "data", "file"):
-        # Private-use schemes for native apps (RFC 8252 §7.1), e.g. com.example.app:/cb
-        if "." in parts.scheme:
-            return uri
+    # Private-use schemes for native apps (RFC 8252 §7.1), e.g. com.example.app:/cb
+    if "." in parts.scheme and parts.scheme not in ("javascript", "data", "file"):
+        return uri
     raise AccountError(f"{what} is not an acceptable URI: {uri}")
 
 

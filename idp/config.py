@@ -34,7 +34,7 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     # -- HTTP
     "INSECURE_COOKIES": (False, "bool", "Plain-HTTP cookies without __Host- prefix; loopback issuer only"),
     "TRUSTED_PROXIES": (0, "int", "Proxy hops whose X-Forwarded-For is believed (0-10)"),
-    "GEOIP_DATABASE": (None, "str", "MaxMind-format .mmdb for city-level location (bundled country data otherwise)"),
+    "GEOIP_DATABASE": (None, "str", "MaxMind-format .mmdb for city-level location"),
     # -- token lifetimes
     "ACCESS_TOKEN_LIFETIME": ("10m", "duration", "JWT access token lifetime (1 min - 1 h)"),
     "ID_TOKEN_LIFETIME": ("1h", "duration", "ID token lifetime (1 min - 24 h)"),

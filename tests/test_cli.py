@@ -242,7 +242,7 @@ def test_create_client_shows_the_secret_once_and_stores_only_its_hash(shared):
 
     [row] = query(shared, "SELECT * FROM clients WHERE client_id = ?", out["client_id"])
     assert row["secret_hash"] == hashlib.sha256(secret.encode()).hexdigest()
-    for column in row.keys():
+    for column in row:
         assert secret not in str(row[column]), column
     # Nor anywhere in the database files (the WAL included).
     for path in (shared / "instance").glob("idp.db*"):

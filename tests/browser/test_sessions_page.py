@@ -100,7 +100,8 @@ def test_one_device_ends_the_other_then_ends_all(chromium, live_server, rp, scre
 
 
 def test_a_hostile_user_agent_is_shown_as_text(chromium, live_server, rp):
-    hostile = chromium.new_context(user_agent='<script>window.pwned=1</script><img src=x onerror="window.pwned=2">')
+    hostile = chromium.new_context(
+        user_agent='<script>window.pwned=1</script><img src=x onerror="window.pwned=2">')
     page = hostile.new_page()
     sign_in(page, live_server.url)
     page.locator("li.session summary").first.click()
