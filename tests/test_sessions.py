@@ -537,13 +537,14 @@ def test_status_is_derived_from_the_current_policy_and_the_end_reason(ctx, clock
 
 
 def test_active_sessions_lists_only_the_users_live_ones(ctx, clock, ada, new_user):
+    other = new_user()
     stale = login(ada, clock)
     clock.advance(hours=1, minutes=30)
     live = login(ada, clock, PHONE)
     ended = login(ada, clock)
     sessions.end(ended.session, EndReason.LOGOUT, now=clock.now(), actor="user:x")
-    login(new_user(), clock)
     db.session.commit()
+    login(other, clock)
     clock.advance(minutes=31)  # stale is now idle for 2 h 1 min
     assert [s.id for s in sessions.active_sessions(ada.id, clock.now())] == [live.session.id]
     assert fresh(LoginSession, stale.session.id).ended_at is None
@@ -596,20 +597,20 @@ def test_sweep_purges_history_older_than_retention_with_everything_under_it(ctx,
     assert sessions.sweep(clock.now(), retention).purged == 0  # exactly at retention: kept
 
     clock.advance(seconds=1)
+    old_id, old_family_id = old.session.id, old_family.id
+    recent_id, recent_family_id = recent.session.id, recent_family.id
     result = sessions.sweep(clock.now(), retention)
 
     assert result.purged == 1
     db.session.expire_all()
-    assert db.session.get(LoginSession, old.session.id) is None
-    assert db.session.get(TokenFamily, old_family.id) is None
+    assert db.session.get(LoginSession, old_id) is None
+    assert db.session.get(TokenFamily, old_family_id) is None
     assert db.session.get(RefreshToken, passwords.split_token(old_refresh)[0]) is None
     assert db.session.get(AuthorizationCode, passwords.split_token(old_code)[0]) is None
-    assert db.session.scalars(
-        sa.select(AuditEvent).where(AuditEvent.session_id == old.session.id)
-    ).all() == []
-    assert db.session.get(LoginSession, recent.session.id) is not None
-    assert db.session.get(TokenFamily, recent_family.id) is not None
-    assert len(events("session.ended", recent.session.id)) == 1
+    assert db.session.scalars(sa.select(AuditEvent).where(AuditEvent.session_id == old_id)).all() == []
+    assert db.session.get(LoginSession, recent_id) is not None
+    assert db.session.get(TokenFamily, recent_family_id) is not None
+    assert len(events("session.ended", recent_id)) == 1
 
 
 def test_sweep_works_in_batches_smaller_than_the_work(ctx, clock, ada):

@@ -27,7 +27,7 @@ from .grants import (
     S256CodeChallenge,
 )
 
-SCOPES_SUPPORTED = ["openid", "profile", "email"]
+SCOPES_SUPPORTED = ["openid", "profile", "email", "sessions"]
 
 
 class AuthorizationServer(_AuthorizationServer):

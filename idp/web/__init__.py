@@ -63,11 +63,13 @@ def _oauth_code(status: int) -> str:
 
 
 def register(app: Flask) -> None:
-    from . import account, auth, filters, oidc
+    from . import account, api, auth, filters, oidc
 
     filters.register(app)
     csrf.init_app(app)
     oidc.exempt_from_csrf(csrf)
+    api.exempt_from_csrf(csrf)
+    app.register_blueprint(api.bp)
     app.register_blueprint(oidc.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(account.bp)

@@ -27,6 +27,7 @@ SCOPE_TEXT = {
     "openid": "Sign you in and know who you are",
     "profile": "See your name",
     "email": "See your email address",
+    "sessions": "See and end your login sessions",
 }
 
 
