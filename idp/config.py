@@ -184,12 +184,25 @@ def ensure_secret_key(config: dict) -> str:
     instance: Path = config["INSTANCE_DIR"]
     instance.mkdir(parents=True, exist_ok=True)
     path = instance / "secret_key"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
+    if path.exists():
+        existing = path.read_text().strip()
+        if len(existing) >= 32:
+            return existing
+    # Write to a temporary file and rename: a crash never leaves an empty key behind,
+    # and concurrent first starts agree on whichever key landed first.
+    temp = instance / f".secret_key.{os.getpid()}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_urlsafe(48))
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        if len(path.read_text().strip()) < 32:
+            os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
     return path.read_text().strip()
 
 

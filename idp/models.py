@@ -42,7 +42,8 @@ class Base(DeclarativeBase):
     registry = registry(type_annotation_map={datetime: UTCDateTime})
 
 
-db = SQLAlchemy(model_class=Base)
+# Objects stay readable after commit: pages render what they loaded without a query per row.
+db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 
 
 class Role(enum.StrEnum):

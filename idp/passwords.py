@@ -15,7 +15,7 @@ import secrets
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-_TOKEN = re.compile(r"^([A-Za-z0-9_-]{16,32})\.([A-Za-z0-9_-]{43})$")
+_TOKEN = re.compile(r"([A-Za-z0-9_-]{16,32})\.([A-Za-z0-9_-]{43})")
 
 
 def make_hasher(time_cost: int, memory_cost: int, parallelism: int) -> PasswordHasher:
@@ -70,5 +70,5 @@ def split_token(value: str | None) -> tuple[str, str] | None:
     """Parse ``<id>.<secret>``; anything else is refused before touching the database."""
     if not value or len(value) > 80:
         return None
-    match = _TOKEN.match(value)
+    match = _TOKEN.fullmatch(value)
     return (match.group(1), match.group(2)) if match else None

@@ -105,6 +105,7 @@ def in_process_app(home: Path, clock=None):
     from idp import create_app
 
     return create_app({"INSTANCE_DIR": home / "instance", "KEYS_DIR": home / "keys",
+                       "DATABASE_URL": f"sqlite:///{home / 'instance' / 'idp.db'}",
                        "ISSUER": "http://127.0.0.1:5000", "ARGON2_TIME_COST": 1,
                        "ARGON2_MEMORY_COST": 1024, "ARGON2_PARALLELISM": 1}, clock=clock)
 
@@ -363,7 +364,6 @@ CASES: dict[str, Case] = {
                       "--role", "god", "--password-stdin", "--json"], 2, ("--role", "god")),
     "bad-id-token-alg": _client(*HTTPS_CB, "--id-token-alg", "HS256", code=2,
                                 needles=("--id-token-alg",)),
-    "bad-port": Case(["serve", "--port", "0", "--json"], 2, ("--port",)),
     # accounts
     "duplicate-account": Case(["create-account", "acme", "--json"], 1,
                               ("acme", "already exists")),
@@ -373,7 +373,6 @@ CASES: dict[str, Case] = {
     # users
     "unknown-account": _user("u1@example.com", account="nosuch", needle="no account named 'nosuch'"),
     "short-password": _user("u2@example.com", stdin="short7c\n", needle="at least 8"),
-    "empty-password": _user("u3@example.com", stdin="", needle="at least 8"),
     "bad-email": _user("not-an-email", needle="not an email address"),
     "duplicate-email": _user("Taken@Example.com", needle="already exists"),
     # clients
@@ -395,9 +394,6 @@ CASES: dict[str, Case] = {
     # configuration
     "insecure-cookies-on-https-issuer": Case(
         ["init", "--json"], 1, ("IDP_INSECURE_COOKIES",),
-        env={"IDP_INSECURE_COOKIES": "1", "IDP_ISSUER": "https://id.example.com"}),
-    "insecure-cookies-create-client": Case(
-        ["create-client", "--name", "rejected", *HTTPS_CB, "--json"], 1, ("IDP_INSECURE_COOKIES",),
         env={"IDP_INSECURE_COOKIES": "1", "IDP_ISSUER": "https://id.example.com"}),
     "bad-integer-setting": Case(["init", "--json"], 1, ("IDP_ARGON2_TIME_COST",),
                                 env={"IDP_ARGON2_TIME_COST": "lots"}),

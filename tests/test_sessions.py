@@ -8,6 +8,7 @@ IDP_TEST_DATABASE_URL is set, on PostgreSQL.
 from __future__ import annotations
 
 import itertools
+import threading
 from datetime import timedelta
 
 import pytest
@@ -483,6 +484,38 @@ def test_deny_policy_refuses_a_login_over_the_limit_and_lists_the_sessions(ctx, 
     assert event.user_id == user.id and event.session_id is None
     assert event.ip == ORIGIN.ip and event.at == clock.now()
     assert event.detail == {"reason": "concurrent_limit", "limit": 2}
+
+
+def test_racing_logins_never_exceed_the_limit(app, ctx, clock, new_user):
+    user_id = new_user(max_concurrent_sessions=1, on_concurrent_limit="deny").id
+    start = threading.Barrier(3)
+    outcomes: list[str] = []
+    errors: list[BaseException] = []
+
+    def sign_in() -> None:
+        try:
+            with app.app_context():
+                user = db.session.get(User, user_id)
+                start.wait(timeout=10)
+                try:
+                    sessions.start(user, ORIGIN, now=clock.now())
+                    outcomes.append("started")
+                except SessionLimitReached:
+                    outcomes.append("denied")
+                db.session.commit()
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    racers = [threading.Thread(target=sign_in) for _ in range(3)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(timeout=60)
+
+    assert errors == []
+    assert sorted(outcomes) == ["denied", "denied", "started"]
+    assert len(open_sessions(db.session.get(User, user_id))) == 1
+    assert len(events("session.denied")) == 2
 
 
 def test_an_expired_session_does_not_count_towards_the_limit(ctx, clock, new_user):
