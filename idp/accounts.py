@@ -91,7 +91,7 @@ def create_user(
     return user
 
 
-def _check_uri(uri: str, *, what: str) -> str:
+def _check_uri(uri: str, *, what: str, web_only: bool = False) -> str:
     """Absolute, no fragment; https, or plain http only to a loopback host (RFC 8252 §7.3)."""
     parts = urlsplit(uri)
     if parts.fragment or "#" in uri:
@@ -107,7 +107,7 @@ def _check_uri(uri: str, *, what: str) -> str:
             return uri
         raise AccountError(f"{what} must use https (http only for loopback): {uri}")
     # Private-use schemes for native apps (RFC 8252 §7.1), e.g. com.example.app:/cb
-    if "." in parts.scheme and parts.scheme not in ("javascript", "data", "file"):
+    if not web_only and "." in parts.scheme and parts.scheme not in ("javascript", "data", "file"):
         return uri
     raise AccountError(f"{what} is not an acceptable URI: {uri}")
 
@@ -139,7 +139,7 @@ def create_client(
         for u in post_logout_redirect_uris or []
     ]
     if backchannel_logout_uri:
-        _check_uri(backchannel_logout_uri, what="back-channel logout URI")
+        _check_uri(backchannel_logout_uri, what="back-channel logout URI", web_only=True)
     scopes = scope.split()
     unknown = set(scopes) - {"openid", "profile", "email", "sessions"}
     if unknown:

@@ -162,7 +162,8 @@ def _gunicorn(host: str, port: int, workers: int) -> None:
             self.cfg.set("workers", workers)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("threads", 4)
-            self.cfg.set("accesslog", "-")
+            self.cfg.set("accesslog", "/dev/stderr")  # stdout carries only --json output
+            self.cfg.set("control_socket_disable", True)
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
             self.cfg.set("graceful_timeout", 10)
 
@@ -293,12 +294,14 @@ def sweep_command(batch: int, as_json: bool) -> None:
             sa.select(sa.func.count()).select_from(LoginSession).where(
                 LoginSession.ended_at.is_(None))
         )
-        with click.progressbar(length=total, label="Checking open sessions", file=sys.stderr,
-                               show_pos=True) as bar:
-            result = sessions.sweep(
-                services.clock.now(), app.config["SESSION_RETENTION"], batch=batch,
-                progress=bar.update if not as_json else None,
-            )
+        if as_json:
+            result = sessions.sweep(services.clock.now(), app.config["SESSION_RETENTION"],
+                                    batch=batch)
+        else:
+            with click.progressbar(length=total, label="Checking open sessions",
+                                   file=sys.stderr, show_pos=True) as bar:
+                result = sessions.sweep(services.clock.now(), app.config["SESSION_RETENTION"],
+                                        batch=batch, progress=bar.update)
         _emit(as_json, {"expired": result.expired, "purged": result.purged},
               f"Expired {result.expired} sessions; purged {result.purged} old ones.")
 
@@ -311,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="idp", standalone_mode=False)
     except _NO_ARGS_IS_HELP:
+        click.echo(cli.get_help(click.Context(cli, info_name="idp")))
         sys.exit(0)
     except click.UsageError as exc:
         click.echo(f"idp: {exc.format_message()} (see idp {_cmd(exc)}--help)", err=True)
@@ -321,6 +325,27 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("idp: aborted", err=True)
         sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the operator gets one line, never a traceback
+        click.echo(f"idp: {_explain(exc)}", err=True)
+        sys.exit(1)
+
+
+def _explain(exc: Exception) -> str:
+    """One line that says what went wrong and, where we know, what to do."""
+    from sqlalchemy.exc import DBAPIError
+
+    from .keys import KeyStoreError
+
+    if isinstance(exc, KeyStoreError):
+        return str(exc).splitlines()[0]
+    if isinstance(exc, DBAPIError):
+        text = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        if "no such table" in text or "does not exist" in text:
+            return f"the database is not initialised ({text}); run: idp init"
+        return f"database error: {text} (check IDP_DATABASE_URL)"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc} ({exc.filename or ''}); check IDP_INSTANCE_DIR and IDP_KEYS_DIR"
+    return f"unexpected error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def _cmd(exc: click.UsageError) -> str:
