@@ -141,7 +141,7 @@ def create_client(
     if backchannel_logout_uri:
         _check_uri(backchannel_logout_uri, what="back-channel logout URI", web_only=True)
     scopes = scope.split()
-    unknown = set(scopes) - {"openid", "profile", "email", "sessions"}
+    unknown = set(scopes) - {"openid", "profile", "email", "sessions", "admin"}
     if unknown:
         raise AccountError(f"unknown scope(s): {' '.join(sorted(unknown))}")
     if id_token_alg not in ("RS256", "ES256"):

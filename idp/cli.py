@@ -267,6 +267,66 @@ def create_client_command(name, redirect_uris, public, first_party, resource_ser
         _emit(as_json, data, text)
 
 
+@cli.command("set-policy")
+@click.option("--account", "account_name", required=True)
+@click.option("--max-duration", help="Maximum session duration: seconds or 90m, 24h, 30d.")
+@click.option("--idle-timeout", help="Sign-out after inactivity: seconds or 5m, 2h.")
+@click.option("--max-concurrent", help="A number, or 'unlimited'.")
+@click.option("--on-limit", type=click.Choice(["deny", "end_oldest"]))
+@click.option("--dry-run", is_flag=True, help="Only show what the new values would do.")
+@json_option
+def set_policy_command(account_name, max_duration, idle_timeout, max_concurrent, on_limit,
+                       dry_run, as_json) -> None:
+    """Change an account's session policy (bounds: IDP_SESSION_DURATION_MIN/_MAX, ...)."""
+    from . import policy
+    from .models import db
+
+    app = _app()
+    with app.app_context():
+        try:
+            account = accounts.find_account(account_name)
+        except accounts.AccountError as exc:
+            raise CommandError(str(exc)) from None
+        now = app.extensions["idp"].clock.now()
+        current = policy.SessionPolicy.of(account)
+        values = {
+            "max_duration": max_duration or int(current.max_duration.total_seconds()),
+            "idle_timeout": idle_timeout or int(current.idle_timeout.total_seconds()),
+            "max_concurrent": max_concurrent if max_concurrent is not None else (
+                current.max_concurrent or "unlimited"),
+            "on_limit": on_limit or str(current.on_limit),
+        }
+        try:
+            new = policy.validate(policy.PolicyBounds.from_config(app.config), **values)
+        except policy.PolicyError as exc:
+            raise CommandError(f"invalid policy: {exc}") from None
+        impact = policy.impact(account, new, now).as_dict()
+        changes = {}
+        if not dry_run:
+            changes = policy.change(account, new, now=now, actor="operator:cli")
+            db.session.commit()
+        stored = policy.SessionPolicy.of(account)
+        data = {
+            "account": account.name,
+            "dry_run": dry_run,
+            "changes": changes,
+            "impact": impact,
+            "policy": {
+                "max_duration": int(stored.max_duration.total_seconds()),
+                "idle_timeout": int(stored.idle_timeout.total_seconds()),
+                "max_concurrent": stored.max_concurrent,
+                "on_limit": str(stored.on_limit),
+            },
+        }
+        verb = "Would change" if dry_run else "Changed"
+        text = (f"{verb} {', '.join(changes) or 'nothing'} for {account.name}. "
+                if not dry_run else f"Dry run for {account.name}: ")
+        text += (f"{impact['sessions_ended_now']} active sessions of "
+                 f"{impact['users_with_sessions_ended_now']} users end at once; "
+                 f"{impact['users_over_concurrent_limit']} users above the concurrent limit.")
+        _emit(as_json, data, text)
+
+
 @cli.command("rotate-keys")
 @json_option
 def rotate_keys_command(as_json: bool) -> None:

@@ -27,7 +27,7 @@ from .grants import (
     S256CodeChallenge,
 )
 
-SCOPES_SUPPORTED = ["openid", "profile", "email", "sessions"]
+SCOPES_SUPPORTED = ["openid", "profile", "email", "sessions", "admin"]
 
 
 class AuthorizationServer(_AuthorizationServer):

@@ -11,13 +11,14 @@ import json
 from functools import wraps
 from pathlib import Path
 
-from authlib.integrations.flask_oauth2 import current_token
+import sqlalchemy as sa
 from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Response, g, jsonify, request
 
-from .. import sessions
-from ..models import EndReason, db
+from .. import policy, sessions
+from ..models import EndReason, LoginSession, Role, User, db
 from ..oauth.endpoints import resource_protector
+from ..policy import PolicyBounds, PolicyError, SessionPolicy
 from ..runtime import client_ip, config, now
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -187,6 +188,163 @@ def end_sessions():
         g.user, EndReason.ENDED_ALL, now=now(), actor=f"user:{g.user.sub}", ip=client_ip(),
         keep=g.current_sid if scope == "others" else None,
     )
+    db.session.commit()
+    return jsonify({"ended": len(ended), "session_ids": [s.id for s in ended]})
+
+
+# -- administrators: the account's policy, users and their sessions --------------------
+
+
+def admin_only(view):
+    """Owners and admins of the token's account; anyone else sees nothing (404)."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if g.user.role not in (Role.OWNER, Role.ADMIN):
+            return api_error(404, "not_found", "There is nothing here.")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def policy_json(account) -> dict:
+    current = SessionPolicy.of(account)
+    bounds = PolicyBounds.from_config(config())
+    return {
+        "account": account.name,
+        "max_duration": int(current.max_duration.total_seconds()),
+        "idle_timeout": int(current.idle_timeout.total_seconds()),
+        "max_concurrent": current.max_concurrent,
+        "on_limit": str(current.on_limit),
+        "updated_at": _time(account.policy_updated_at),
+        "bounds": {
+            "max_duration": [int(bounds.duration_min.total_seconds()),
+                             int(bounds.duration_max.total_seconds())],
+            "idle_timeout": [int(bounds.idle_min.total_seconds()),
+                             int(bounds.idle_max.total_seconds())],
+            "max_concurrent": [1, bounds.concurrent_max],
+        },
+    }
+
+
+@bp.get("/account/session-policy")
+@requires("admin")
+@admin_only
+def get_policy():
+    return jsonify(policy_json(g.user.account))
+
+
+@bp.put("/account/session-policy")
+@requires("admin")
+@admin_only
+def put_policy():
+    """Change the policy; ``?dry_run=true`` only reports what it would do."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return api_error(400, "invalid_request", "Send a JSON object.")
+    account = g.user.account
+    current = policy_json(account)
+    values = {name: body.get(name, current[name]) for name in
+              ("max_duration", "idle_timeout", "max_concurrent", "on_limit")}
+    if values["max_concurrent"] is None:
+        values["max_concurrent"] = "unlimited"
+    try:
+        new = policy.validate(PolicyBounds.from_config(config()), **values)
+    except PolicyError as exc:
+        response = api_error(400, "invalid_policy", "Some values are out of bounds.")
+        response.set_data(json.dumps({"error": "invalid_policy",
+                                      "error_description": "Some values are out of bounds.",
+                                      "fields": exc.errors}))
+        return response
+    impact = policy.impact(account, new, now()).as_dict()
+    if request.args.get("dry_run") in ("1", "true", "yes"):
+        db.session.rollback()
+        return jsonify({"dry_run": True, "impact": impact, "changes": {},
+                        "policy": policy_json(account)})
+    changes = policy.change(account, new, now=now(), actor=f"admin:{g.user.sub}",
+                            ip=client_ip())
+    db.session.commit()
+    return jsonify({"dry_run": False, "impact": impact, "changes": changes,
+                    "policy": policy_json(account)})
+
+
+def _member(sub: str) -> User | None:
+    user = db.session.scalar(sa.select(User).where(User.sub == sub)) if len(sub) <= 64 else None
+    if user is None or user.account_id != g.user.account_id:
+        return None
+    return user
+
+
+@bp.get("/admin/users")
+@requires("admin")
+@admin_only
+def admin_users():
+    account = g.user.account
+    pol = SessionPolicy.of(account)
+    moment = now()
+    counts = dict(db.session.execute(
+        sa.select(LoginSession.user_id, sa.func.count())
+        .where(LoginSession.account_id == account.id, LoginSession.ended_at.is_(None),
+               LoginSession.created_at > moment - pol.max_duration,
+               LoginSession.last_active_at > moment - pol.idle_timeout)
+        .group_by(LoginSession.user_id)
+    ).all())
+    users = db.session.scalars(
+        sa.select(User).where(User.account_id == account.id).order_by(User.email)).all()
+    return jsonify({"users": [
+        {"sub": u.sub, "email": u.email, "name": u.name, "role": u.role,
+         "disabled": u.disabled_at is not None, "active_sessions": counts.get(u.id, 0)}
+        for u in users]})
+
+
+@bp.get("/admin/users/<sub>/sessions")
+@requires("admin")
+@admin_only
+def admin_user_sessions(sub: str):
+    user = _member(sub)
+    if user is None:
+        return api_error(404, "not_found", "No user of your account has that id.")
+    status = request.args.get("status", "all")
+    if status not in ("all", "active"):
+        return api_error(400, "invalid_request", "status must be 'all' or 'active'.")
+    try:
+        page = sessions.history(user, now(), retention=config()["SESSION_RETENTION"],
+                                only_active=status == "active",
+                                cursor=request.args.get("cursor") or None, limit=50,
+                                events_per_session=0)
+    except sessions.BadCursor:
+        return api_error(400, "invalid_cursor", "The cursor is not one this API handed out.")
+    db.session.commit()
+    return jsonify({"sessions": [session_json(v) for v in page.views],
+                    "next_cursor": page.next_cursor})
+
+
+@bp.delete("/admin/users/<sub>/sessions/<session_id>")
+@requires("admin")
+@admin_only
+def admin_end_session(sub: str, session_id: str):
+    user = _member(sub)
+    view = sessions.get_for_user(user, session_id, now()) if user else None
+    if view is None:
+        return api_error(404, "not_found", "No such session of a user of your account.")
+    ended = view.status is sessions.Status.ACTIVE and sessions.end(
+        view.session, EndReason.ENDED_BY_ADMIN, now=now(), actor=f"admin:{g.user.sub}",
+        ip=client_ip())
+    db.session.commit()
+    view = sessions.get_for_user(user, session_id, now())
+    message = "Session ended." if ended else "The session had already ended; nothing changed."
+    return jsonify({"ended": bool(ended), "message": message, "session": session_json(view)})
+
+
+@bp.delete("/admin/users/<sub>/sessions")
+@requires("admin")
+@admin_only
+def admin_end_sessions(sub: str):
+    user = _member(sub)
+    if user is None:
+        return api_error(404, "not_found", "No user of your account has that id.")
+    ended = sessions.end_all(user, EndReason.ENDED_BY_ADMIN, now=now(),
+                             actor=f"admin:{g.user.sub}", ip=client_ip())
     db.session.commit()
     return jsonify({"ended": len(ended), "session_ids": [s.id for s in ended]})
 

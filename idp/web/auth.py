@@ -7,6 +7,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import sqlalchemy as sa
 from flask import (
     Blueprint,
+    abort,
     flash,
     g,
     redirect,
@@ -16,7 +17,7 @@ from flask import (
 )
 
 from .. import audit, sessions
-from ..models import EndReason, User, db
+from ..models import EndReason, LoginSession, User, db
 from ..runtime import client_ip, now, origin, services
 from . import current
 from .forms import ActionForm, LoginForm
@@ -24,6 +25,8 @@ from .forms import ActionForm, LoginForm
 bp = Blueprint("auth", __name__)
 
 PENDING = "pending_authorize"
+LIMIT = "limit_reached"
+LIMIT_WINDOW = 300
 
 
 def remember_authorization(query: str) -> None:
@@ -109,7 +112,11 @@ def login():
         started = sessions.start(user, origin(), now=now())
     except sessions.SessionLimitReached as limit:
         db.session.commit()
-        return render_template("limit.html", sessions=limit.active, user=user), 409
+        # The password was right: for a few minutes this browser may end one of the
+        # sessions listed, then sign in again.
+        session[LIMIT] = {"user": user.id, "until": int(now().timestamp()) + LIMIT_WINDOW}
+        return render_template("limit.html", sessions=limit.active, user=user,
+                               form=ActionForm(), now=now()), 409
     db.session.commit()
     session.clear()  # no session fixation: every pre-login browser value goes
     response = redirect(_resume_target(pending, after), 303)
@@ -138,3 +145,25 @@ def logout():
     response = redirect(url_for("auth.login"), 303)
     current.clear_cookie(response)
     return response
+
+
+@bp.post("/login/limit/<session_id>/end")
+def end_for_limit(session_id: str):
+    """End one of the sessions that blocked a sign-in refused by the concurrent limit."""
+    form = ActionForm()
+    marker = session.get(LIMIT)
+    if not form.validate_on_submit() or not marker or marker["until"] < now().timestamp():
+        flash("That page expired. Sign in again to see your sessions.", "info")
+        return redirect(url_for("auth.login"), 303)
+    target = db.session.get(LoginSession, session_id) if len(session_id) <= 32 else None
+    if target is None or target.user_id != marker["user"]:
+        abort(404)
+    ended = sessions.end(target, EndReason.ENDED_BY_USER, now=now(),
+                         actor=f"user:{target.user.sub}", ip=client_ip())
+    db.session.commit()
+    session.pop(LIMIT, None)
+    if ended:
+        flash(f"Ended the session on {target.device_label}. Sign in again.", "success")
+    else:
+        flash("That session had already ended. Sign in again.", "info")
+    return redirect(url_for("auth.login"), 303)

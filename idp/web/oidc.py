@@ -28,6 +28,7 @@ SCOPE_TEXT = {
     "profile": "See your name",
     "email": "See your email address",
     "sessions": "See and end your login sessions",
+    "admin": "Manage your organisation's session policy and users' sessions (administrators)",
 }
 
 

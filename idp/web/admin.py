@@ -1,0 +1,209 @@
+"""The account administrators' pages: the session policy, the users and their sessions.
+
+Only the account's owners and admins get here; everyone else gets 404, and an
+administrator never sees another account's users.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+
+import sqlalchemy as sa
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+
+from .. import policy, sessions
+from ..models import EndReason, LoginSession, Role, User, db
+from ..policy import PolicyBounds, PolicyError, SessionPolicy
+from ..runtime import client_ip, config, now
+from . import current
+from .account import describe_target, login_required, revokes_text
+from .forms import ActionForm
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+ADMIN_ROLES = (Role.OWNER, Role.ADMIN)
+
+
+def admin_required(view):
+    @wraps(view)
+    @login_required
+    def wrapper(*args, **kwargs):
+        if g.user.role not in ADMIN_ROLES:
+            db.session.commit()
+            abort(404)
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def words(seconds: int | None) -> str:
+    """3600 -> "1 h", 5400 -> "90 min", None -> "Unlimited"."""
+    if seconds is None:
+        return "Unlimited"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+def short(seconds: int) -> str:
+    """The value an edit field starts with: 24h, 90m, 45s."""
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+def proposed(account, form) -> dict:
+    """Values from a tile's form, the account's current values for the other fields."""
+    return {
+        "max_duration": form.get("max_duration", short(account.max_session_duration)).strip(),
+        "idle_timeout": form.get("idle_timeout", short(account.idle_timeout)).strip(),
+        "max_concurrent": form.get(
+            "max_concurrent",
+            "unlimited" if account.max_concurrent_sessions is None
+            else str(account.max_concurrent_sessions),
+        ).strip(),
+        "on_limit": form.get("on_limit", account.on_concurrent_limit).strip(),
+    }
+
+
+@bp.route("/settings/sessions", methods=["GET", "POST"])
+@admin_required
+def settings():
+    account = g.user.account
+    bounds = PolicyBounds.from_config(config())
+    form = ActionForm()
+    errors: dict[str, str] = {}
+    preview = None
+    values = proposed(account, request.form if request.method == "POST" else {})
+    tile = request.form.get("tile") or request.args.get("edit")
+    if request.method == "POST" and form.validate_on_submit():
+        try:
+            new = policy.validate(bounds, **values)
+        except PolicyError as exc:
+            errors = exc.errors
+        else:
+            if request.form.get("confirm") == "save":
+                changes = policy.change(account, new, now=now(), actor=f"admin:{g.user.sub}",
+                                        ip=client_ip())
+                db.session.commit()
+                flash("Session policy saved." if changes else "Nothing changed.", "success")
+                return redirect(url_for("admin.settings"), 303)
+            preview = policy.impact(account, new, now())
+    elif request.method == "POST":
+        abort(400)
+    db.session.commit()
+    status = 400 if errors else 200
+    return render_template(
+        "admin/settings.html", account=account, bounds=bounds, form=form, errors=errors,
+        values=values, preview=preview, tile=tile, words=words, short=short,
+        current=SessionPolicy.of(account),
+    ), status
+
+
+def _own_user(sub: str) -> User:
+    user = db.session.scalar(sa.select(User).where(User.sub == sub))
+    if user is None or user.account_id != g.user.account_id:
+        abort(404)
+    return user
+
+
+@bp.get("/users")
+@admin_required
+def users():
+    account = g.user.account
+    pol = SessionPolicy.of(account)
+    moment = now()
+    counts = dict(db.session.execute(
+        sa.select(LoginSession.user_id, sa.func.count())
+        .where(LoginSession.account_id == account.id, LoginSession.ended_at.is_(None),
+               LoginSession.created_at > moment - pol.max_duration,
+               LoginSession.last_active_at > moment - pol.idle_timeout)
+        .group_by(LoginSession.user_id)
+    ).all())
+    members = db.session.scalars(
+        sa.select(User).where(User.account_id == account.id).order_by(User.email)
+    ).all()
+    db.session.commit()
+    return render_template("admin/users.html", users=members, counts=counts, account=account)
+
+
+@bp.get("/users/<sub>/sessions")
+@admin_required
+def user_sessions(sub: str):
+    user = _own_user(sub)
+    only_active = request.args.get("view") == "active"
+    try:
+        page = sessions.history(
+            user, now(), retention=config()["SESSION_RETENTION"], only_active=only_active,
+            cursor=request.args.get("cursor") or None, limit=25,
+        )
+    except sessions.BadCursor:
+        abort(400)
+    db.session.commit()
+    return render_template(
+        "account/sessions.html", page=page, only_active=only_active,
+        current_id=current.login_session().id, now=now(), user=user, admin_view=True,
+        event_text=sessions.EVENT_TEXT,
+        reason_text={str(k): v for k, v in sessions.REASON_TEXT.items()},
+    )
+
+
+@bp.route("/users/<sub>/sessions/<session_id>/end", methods=["GET", "POST"])
+@admin_required
+def end_user_session(sub: str, session_id: str):
+    user = _own_user(sub)
+    view = sessions.get_for_user(user, session_id, now())
+    if view is None:
+        abort(404)
+    back = url_for("admin.user_sessions", sub=sub)
+    if view.status is not sessions.Status.ACTIVE:
+        db.session.commit()
+        flash(f"That session ({describe_target(view)}) had already ended. Nothing to do.", "info")
+        return redirect(back, 303)
+    form = ActionForm()
+    if request.method == "GET" or not form.validate_on_submit():
+        db.session.commit()
+        return render_template(
+            "account/confirm.html", form=form, action="End session",
+            title=f"End this session of {user.email}?",
+            summary=f"Signs out {describe_target(view)}{revokes_text(view.active_apps)}.",
+            back=back,
+        )
+    sessions.end(view.session, EndReason.ENDED_BY_ADMIN, now=now(), actor=f"admin:{g.user.sub}",
+                 ip=client_ip())
+    db.session.commit()
+    flash(f"Ended {user.email}'s session on {describe_target(view)}.", "success")
+    if view.session.id == current.login_session().id:
+        return redirect(url_for("auth.login"), 303)
+    return redirect(back, 303)
+
+
+@bp.route("/users/<sub>/sessions/end-all", methods=["GET", "POST"])
+@admin_required
+def end_user_sessions(sub: str):
+    user = _own_user(sub)
+    back = url_for("admin.user_sessions", sub=sub)
+    form = ActionForm()
+    if request.method == "GET" or not form.validate_on_submit():
+        page = sessions.history(user, now(), retention=config()["SESSION_RETENTION"],
+                                only_active=True, limit=1000, events_per_session=0)
+        db.session.commit()
+        apps = {a.client_id: a for v in page.views for a in v.active_apps}
+        count = len(page.views)
+        return render_template(
+            "account/confirm.html", form=form, action="End all sessions",
+            title=f"End all sessions of {user.email}?",
+            summary=(f"Signs out {count} session{'s' if count != 1 else ''}"
+                     f"{revokes_text(list(apps.values()))}."),
+            back=back,
+        )
+    ended = sessions.end_all(user, EndReason.ENDED_BY_ADMIN, now=now(),
+                             actor=f"admin:{g.user.sub}", ip=client_ip())
+    db.session.commit()
+    flash(f"Ended {len(ended)} session{'s' if len(ended) != 1 else ''} of {user.email}.",
+          "success")
+    return redirect(back, 303)
