@@ -94,6 +94,7 @@ def _setup_services(app: Flask, settings: dict, clock: Clock) -> None:
         passwords=passwords.Passwords(hasher),
         locator=devices.Locator(settings["GEOIP_DATABASE"]),
     )
-    from .oauth import server
+    from .oauth import logout, server
 
     app.extensions["idp.oauth"] = server.build(app)
+    logout.install(app)

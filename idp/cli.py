@@ -327,6 +327,38 @@ def set_policy_command(account_name, max_duration, idle_timeout, max_concurrent,
         _emit(as_json, data, text)
 
 
+@cli.command("worker")
+@click.option("--once", is_flag=True, help="One pass over due deliveries, then exit.")
+@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds between passes.")
+@json_option
+def worker_command(once: bool, interval: float, as_json: bool) -> None:
+    """Deliver back-channel logout notices, retrying with backoff until delivered."""
+    import signal
+    import time
+
+    from .models import db
+
+    app = _app()
+    deliverer = app.extensions["idp.logout"]
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    totals = {"attempted": 0, "delivered": 0, "retry": 0, "given_up": 0}
+    with app.app_context():
+        while True:
+            counts = deliverer.run_due()
+            db.session.remove()
+            for key, value in counts.items():
+                totals[key] += value
+            if counts["attempted"] and not as_json:
+                click.echo(f"attempted {counts['attempted']}: delivered {counts['delivered']}, "
+                           f"retrying {counts['retry']}, gave up {counts['given_up']}", err=True)
+            if once or stop["now"]:
+                break
+            time.sleep(interval)
+    _emit(as_json, totals, f"Delivered {totals['delivered']} of {totals['attempted']} attempts.")
+
+
 @cli.command("rotate-keys")
 @json_option
 def rotate_keys_command(as_json: bool) -> None:

@@ -51,6 +51,13 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "CONCURRENT_SESSIONS_MAX": (1000, "int", "Highest concurrent-session limit an admin may set"),
     "ACTIVITY_WRITE_INTERVAL": ("60s", "duration", "At most one last-active write per session per interval"),
     "SESSION_RETENTION": ("720h", "duration", "How long ended/expired sessions stay in history"),
+    # -- back-channel logout
+    "BACKCHANNEL_IMMEDIATE": (True, "bool", "Try each logout delivery right after the commit"),
+    "BACKCHANNEL_TIMEOUT": ("2s", "duration", "Timeout of one back-channel logout call"),
+    "BACKCHANNEL_RETRY_BASE": ("10s", "duration", "First retry delay; doubles each attempt"),
+    "BACKCHANNEL_RETRY_MAX": ("1h", "duration", "Longest delay between two attempts"),
+    "BACKCHANNEL_GIVE_UP": ("24h", "duration", "Stop retrying a delivery this long after the logout"),
+    "LOGOUT_TOKEN_LIFETIME": ("2m", "duration", "Lifetime of a logout token"),
     # -- passwords (argon2id)
     "ARGON2_TIME_COST": (3, "int", "argon2id iterations"),
     "ARGON2_MEMORY_COST": (65536, "int", "argon2id memory in KiB"),
@@ -171,6 +178,11 @@ def _validate(config: dict) -> None:
     _bounded(config, "IDLE_TIMEOUT", config["IDLE_TIMEOUT_MIN"], config["IDLE_TIMEOUT_MAX"])
     if config["IDLE_TIMEOUT"] > config["SESSION_DURATION"]:
         raise ConfigError("IDP_IDLE_TIMEOUT must not be above IDP_SESSION_DURATION")
+    if not timedelta(seconds=1) <= config["ACTIVITY_WRITE_INTERVAL"] < config["IDLE_TIMEOUT_MIN"]:
+        raise ConfigError(
+            "IDP_ACTIVITY_WRITE_INTERVAL must be at least 1s and below IDP_IDLE_TIMEOUT_MIN, "
+            "or active users would be signed out for inactivity"
+        )
     if not 1 <= config["CONCURRENT_SESSIONS_MAX"] <= 100000:
         raise ConfigError("IDP_CONCURRENT_SESSIONS_MAX must be between 1 and 100000")
     if config["DATABASE_URL"] is None:

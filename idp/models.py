@@ -126,6 +126,9 @@ class Client(db.Model):
     id_token_signed_response_alg: Mapped[str] = mapped_column(sa.String(8), default="RS256")
     backchannel_logout_uri: Mapped[str | None] = mapped_column(sa.String(500))
     backchannel_logout_session_required: Mapped[bool] = mapped_column(default=True)
+    # "private_key_jwt" clients authenticate with assertions signed by a key in ``jwks``.
+    token_endpoint_auth_method: Mapped[str | None] = mapped_column(sa.String(32))
+    jwks: Mapped[dict | None] = mapped_column(sa.JSON)
     created_at: Mapped[datetime]
     disabled_at: Mapped[datetime | None]
 
@@ -163,6 +166,8 @@ class Client(db.Model):
         return passwords.verify_secret(client_secret, self.secret_hash)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if self.token_endpoint_auth_method == "private_key_jwt":
+            return method == "private_key_jwt"
         if self.is_public:
             return method == "none"
         return method in ("client_secret_basic", "client_secret_post")
@@ -326,3 +331,86 @@ class AuditEvent(db.Model):
 
     def __repr__(self) -> str:
         return f"<AuditEvent {self.event} {json.dumps(self.detail, sort_keys=True)}>"
+
+
+class LogoutDelivery(db.Model):
+    """Back-channel logout outbox: written in the transaction that ends the session,
+    delivered after commit and retried by the worker until delivered or given up."""
+
+    __tablename__ = "logout_deliveries"
+    __table_args__ = (
+        sa.Index("ix_logout_deliveries_due", "delivered_at", "given_up_at", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[str] = mapped_column(sa.String(32), index=True)
+    client_id: Mapped[str] = mapped_column(sa.ForeignKey("clients.client_id"))
+    subject: Mapped[str] = mapped_column(sa.String(64))
+    uri: Mapped[str] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(sa.String(300))
+    delivered_at: Mapped[datetime | None]
+    given_up_at: Mapped[datetime | None]
+
+    client: Mapped[Client] = relationship(lazy="joined")
+
+
+class LogoutAttempt(db.Model):
+    """One try at delivering a logout token: what administrators see."""
+
+    __tablename__ = "logout_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(sa.ForeignKey("logout_deliveries.id"), index=True)
+    at: Mapped[datetime]
+    status: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(sa.String(300))
+    duration_ms: Mapped[int]
+
+
+class DeviceCode(db.Model):
+    """An RFC 8628 device authorization: the device polls with its code while the
+    user approves it in a browser; approval opens a session of kind "device"."""
+
+    __tablename__ = "device_codes"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(sa.String(64))
+    user_code: Mapped[str] = mapped_column(sa.String(16), unique=True)
+    client_id: Mapped[str] = mapped_column(sa.ForeignKey("clients.client_id"))
+    scope: Mapped[str] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    interval: Mapped[int] = mapped_column(default=5)
+    last_polled_at: Mapped[datetime | None]
+    ip: Mapped[str] = mapped_column(sa.String(64))
+    user_agent: Mapped[str] = mapped_column(sa.String(600), default="")
+    user_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))
+    approved: Mapped[bool | None]
+    decided_at: Mapped[datetime | None]
+    session_id: Mapped[str | None] = mapped_column(sa.String(32))
+    used_at: Mapped[datetime | None]
+
+    client: Mapped[Client] = relationship(lazy="joined")
+
+    # -- Authlib DeviceCredentialMixin
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_user_code(self) -> str:
+        return self.user_code
+
+
+class UsedAssertion(db.Model):
+    """jti of private_key_jwt client assertions already seen (replay protection)."""
+
+    __tablename__ = "used_assertions"
+
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import audit, passwords
+from . import audit, backchannel, passwords
 from .models import (
     Account,
     AuditEvent,
@@ -199,17 +199,23 @@ def end(
     actor: str,
     ip: str | None = None,
 ) -> bool:
-    """End the session and everything under it. False if it had already ended."""
+    """End the session and everything under it. False if it had already ended.
+    An expired session is recorded as ended at its deadline, not when it was noticed."""
+    ended_at = now
+    if reason is EndReason.EXPIRED_DURATION:
+        ended_at = min(now, policy_of(session).absolute_deadline(session))
+    elif reason is EndReason.EXPIRED_IDLE:
+        ended_at = min(now, policy_of(session).idle_deadline(session))
     result = db.session.execute(
         sa.update(LoginSession)
         .where(LoginSession.id == session.id, LoginSession.ended_at.is_(None))
-        .values(ended_at=now, end_reason=str(reason), updated_at=now)
+        .values(ended_at=ended_at, end_reason=str(reason), updated_at=now)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount == 0:
         db.session.refresh(session)
         return False
-    set_committed_value(session, "ended_at", now)
+    set_committed_value(session, "ended_at", ended_at)
     set_committed_value(session, "end_reason", str(reason))
     set_committed_value(session, "updated_at", now)
     families = db.session.execute(
@@ -225,6 +231,7 @@ def end(
         .values(used_at=now)
         .execution_options(synchronize_session=False)
     )
+    deliveries = backchannel.enqueue(session, now=now)
     audit.record(
         "session.expired" if reason.is_expiry else "session.ended",
         now=now,
@@ -235,6 +242,7 @@ def end(
         ip=ip,
         reason=str(reason),
         families_revoked=families,
+        logout_notices=len(deliveries) or None,
     )
     return True
 

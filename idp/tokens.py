@@ -158,6 +158,8 @@ def claim_code(value: str, client_id: str, *, now: datetime, ip: str | None = No
     audit.record(
         "code.reused",
         now=now,
+        account_id=db.session.scalar(
+            sa.select(LoginSession.account_id).where(LoginSession.id == code.session_id)),
         user_id=code.user_id,
         session_id=code.session_id,
         client_id=client_id,
@@ -224,6 +226,7 @@ def claim_refresh(value: str, *, now: datetime, ip: str | None = None) -> Claim:
     audit.record(
         "refresh.reused",
         now=now,
+        account_id=family.session.account_id if family.session else None,
         user_id=family.user_id,
         session_id=family.session_id,
         client_id=family.client_id,

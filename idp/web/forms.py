@@ -23,3 +23,7 @@ class ActionForm(FlaskForm):
     """A button that changes state: logout, end a session."""
 
     submit = SubmitField("Confirm")
+
+
+class ConfirmLogoutForm(FlaskForm):
+    confirm = SubmitField("Sign out")

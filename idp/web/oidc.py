@@ -10,16 +10,27 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
-from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 
-from ..models import Consent, db
+from .. import sessions as sessions_domain
+from ..models import Consent, EndReason, db
 from ..oauth.endpoints import INTROSPECTION_AUTH_METHODS, REVOCATION_AUTH_METHODS
 from ..oauth.grants import CLIENT_AUTH_METHODS, Principal
 from ..oauth.server import SCOPES_SUPPORTED
-from ..runtime import config, now, services
+from ..runtime import client_ip, config, now, services
 from . import current
 from .auth import remember_authorization
-from .forms import ConsentForm
+from .forms import ConfirmLogoutForm, ConsentForm
 
 bp = Blueprint("oidc", __name__)
 
@@ -47,6 +58,7 @@ def discovery_document() -> dict:
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
         "introspection_endpoint": f"{issuer}/oauth/introspect",
         "revocation_endpoint": f"{issuer}/oauth/revoke",
+        "end_session_endpoint": f"{issuer}/oauth/end-session",
         "scopes_supported": SCOPES_SUPPORTED,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
@@ -66,6 +78,8 @@ def discovery_document() -> dict:
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
         "authorization_response_iss_parameter_supported": True,
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
     }
 
 
@@ -273,7 +287,79 @@ def revoke():
     return _committing(_server().create_endpoint_response("revocation"))
 
 
+# -- RP-Initiated Logout 1.0 ---------------------------------------------------------
+
+
+def _logout_error(message: str):
+    db.session.commit()
+    return render_template(
+        "errors/error.html", status=400, title="This sign-out link is not valid",
+        message=message, hint="You are still signed in. Go back to the application and try "
+        "again, or sign out from your account page.",
+    ), 400
+
+
+@bp.route("/oauth/end-session", methods=["GET", "POST"])
+def end_session():
+    """Ends the browser's session for a relying party. Without a hint tying the request
+    to this browser's session the user confirms first (no logout by a stray link)."""
+    import jwt as pyjwt
+
+    params = request.values
+    hint, client_id = params.get("id_token_hint"), params.get("client_id")
+    target, state = params.get("post_logout_redirect_uri"), params.get("state")
+    claims = None
+    if hint:
+        try:
+            claims = services().keys.verify(hint[:16384], issuer=config()["ISSUER"], now=now(),
+                                            verify_exp=False)
+        except pyjwt.InvalidTokenError:
+            return _logout_error("The id_token_hint is not an ID token of this provider.")
+    client = None
+    if client_id:
+        client = _server().query_client(client_id)
+        if client is None:
+            return _logout_error("The client_id is not a registered client.")
+    if claims is not None:
+        audience = claims.get("aud")
+        audience = [audience] if isinstance(audience, str) else list(audience or [])
+        if client is not None and client.client_id not in audience:
+            return _logout_error("The id_token_hint was not issued to this client.")
+        if client is None and audience:
+            client = _server().query_client(audience[0])
+    if target and (client is None or target not in client.post_logout_redirect_uris):
+        return _logout_error("The post_logout_redirect_uri is not registered for this client.")
+    live = current.login_session()
+    tied = live is not None and claims is not None and claims.get("sid") == live.id
+    form = ConfirmLogoutForm()
+    if live is not None and not tied:
+        confirmed = request.method == "POST" and "confirm" in request.form and form.validate()
+        if not confirmed:
+            db.session.commit()
+            return render_template(
+                "logout_confirm.html", form=form, client=client, session=live,
+                params={k: v for k, v in params.items() if k in LOGOUT_PARAMS},
+            )
+    if live is not None:
+        sessions_domain.end(live, EndReason.LOGOUT, now=now(), actor=f"user:{live.user.sub}",
+                            ip=client_ip())
+    db.session.commit()
+    session.clear()
+    if target:
+        response = redirect(add_params_to_uri(target, {"state": state} if state else {}), 303)
+    else:
+        response = current_app.make_response(
+            render_template("logged_out.html", client=client))
+    current.clear_cookie(response)
+    return response
+
+
+LOGOUT_PARAMS = ("id_token_hint", "client_id", "post_logout_redirect_uri", "state",
+                 "logout_hint", "ui_locales")
+
+
 def exempt_from_csrf(csrf) -> None:
+    csrf.exempt(end_session)  # relying parties may POST; the confirm form checks its own token
     for view in (token, userinfo, introspect, revoke):
         csrf.exempt(view)
 
