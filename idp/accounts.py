@@ -124,15 +124,24 @@ def create_client(
     post_logout_redirect_uris: list[str] | None = None,
     scope: str = "openid profile email",
     id_token_alg: str = "RS256",
+    client_credentials: bool = False,
+    device: bool = False,
+    jwks: dict | None = None,
 ) -> tuple[Client, str | None]:
     """Returns the client and its secret (None for public clients): shown once, stored hashed."""
     name = name.strip()
     if not 1 <= len(name) <= 120:
         raise AccountError("client name must be 1 to 120 characters")
-    if not redirect_uris and not resource_server:
-        raise AccountError("give at least one --redirect-uri (or --resource-server)")
-    if public and resource_server:
-        raise AccountError("a resource server authenticates with a secret; drop --public")
+    if not (redirect_uris or resource_server or client_credentials or device):
+        raise AccountError(
+            "give at least one --redirect-uri (or --device, --client-credentials, --resource-server)"
+        )
+    if public and (resource_server or client_credentials):
+        raise AccountError("resource servers and machine clients authenticate; drop --public")
+    if public and jwks:
+        raise AccountError("a client with --jwks is confidential (private_key_jwt); drop --public")
+    if jwks is not None:
+        _check_jwks(jwks)
     uris = [_check_uri(u, what="redirect URI") for u in redirect_uris]
     post_logout = [
         _check_uri(u, what="post-logout redirect URI")
@@ -146,8 +155,13 @@ def create_client(
         raise AccountError(f"unknown scope(s): {' '.join(sorted(unknown))}")
     if id_token_alg not in ("RS256", "ES256"):
         raise AccountError("id token algorithm must be RS256 or ES256")
-    secret = None if public else secrets.token_urlsafe(32)
+    secret = None if public or jwks else secrets.token_urlsafe(32)
     grant_types = ["authorization_code", "refresh_token"] if uris else []
+    if device:
+        grant_types += ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"]
+    if client_credentials:
+        grant_types.append("client_credentials")
+    grant_types = list(dict.fromkeys(grant_types))
     client = Client(
         client_id=secrets.token_urlsafe(16),
         name=name,
@@ -160,8 +174,28 @@ def create_client(
         resource_server=resource_server,
         id_token_signed_response_alg=id_token_alg,
         backchannel_logout_uri=backchannel_logout_uri,
+        token_endpoint_auth_method="private_key_jwt" if jwks else None,
+        jwks=jwks,
         created_at=now,
     )
     db.session.add(client)
     db.session.flush()
     return client, secret
+
+
+def _check_jwks(jwks: dict) -> None:
+    """Public keys only, each usable for RS256/ES256/PS256 signatures."""
+    from joserfc.errors import JoseError
+    from joserfc.jwk import KeySet
+
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
+        raise AccountError('--jwks must be a JSON Web Key Set: {"keys": [...]}')
+    for key in jwks["keys"]:
+        if not isinstance(key, dict) or key.get("kty") not in ("RSA", "EC"):
+            raise AccountError("--jwks keys must be RSA or EC public keys")
+        if any(private in key for private in ("d", "p", "q", "dp", "dq", "qi")):
+            raise AccountError("--jwks must hold public keys only: remove the private members")
+    try:
+        KeySet.import_key_set(jwks)
+    except (JoseError, ValueError, TypeError) as exc:
+        raise AccountError(f"--jwks is not a valid key set: {exc}") from None

@@ -46,6 +46,13 @@ def _new_account(app, name: str):
     )
 
 
+def _read_json(handle) -> dict:
+    try:
+        return json.load(handle)
+    except ValueError as exc:
+        raise CommandError(f"{handle.name} is not JSON: {exc}") from None
+
+
 def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
@@ -235,10 +242,14 @@ def create_user_command(account_name, email, role, full_name, password_stdin, as
 @click.option("--scope", default="openid profile email", show_default=True)
 @click.option("--id-token-alg", type=click.Choice(["RS256", "ES256"]), default="RS256",
               show_default=True)
+@click.option("--device", is_flag=True, help="May use the device flow (command-line tools).")
+@click.option("--client-credentials", is_flag=True, help="May get tokens for itself (machines).")
+@click.option("--jwks", "jwks_file", type=click.File("r"),
+              help="Public JWKS file: authenticate with private_key_jwt instead of a secret.")
 @json_option
 def create_client_command(name, redirect_uris, public, first_party, resource_server,
                           backchannel_logout_uri, post_logout_uris, scope, id_token_alg,
-                          as_json) -> None:
+                          device, client_credentials, jwks_file, as_json) -> None:
     """Register a relying party or resource server. The secret is shown only here."""
     app = _app()
     with app.app_context():
@@ -255,6 +266,9 @@ def create_client_command(name, redirect_uris, public, first_party, resource_ser
                 post_logout_redirect_uris=list(post_logout_uris),
                 scope=scope,
                 id_token_alg=id_token_alg,
+                device=device,
+                client_credentials=client_credentials,
+                jwks=_read_json(jwks_file) if jwks_file else None,
                 now=app.extensions["idp"].clock.now(),
             )
             db.session.commit()
@@ -262,8 +276,12 @@ def create_client_command(name, redirect_uris, public, first_party, resource_ser
             raise CommandError(str(exc)) from None
         data = {"client_id": client.client_id, "client_secret": secret}
         text = f"client_id      {client.client_id}\n"
-        text += f"client_secret  {secret}  (shown once; stored hashed)" if secret else (
-            "public client: no secret; use PKCE (S256)")
+        if secret:
+            text += f"client_secret  {secret}  (shown once; stored hashed)"
+        elif client.jwks:
+            text += "authenticates with private_key_jwt (no secret)"
+        else:
+            text += "public client: no secret; use PKCE (S256)"
         _emit(as_json, data, text)
 
 

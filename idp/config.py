@@ -41,6 +41,8 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "REFRESH_TOKEN_LIFETIME": ("720h", "duration", "Refresh token cap; never past its session's deadlines"),
     "CODE_LIFETIME": ("60s", "duration", "Authorization code lifetime (10 s - 10 min)"),
     "ACCESS_TOKEN_ALG": ("RS256", "str", "Algorithm of JWT access tokens: RS256 or ES256"),
+    "DEVICE_CODE_LIFETIME": ("10m", "duration", "How long a device login waits for approval"),
+    "DEVICE_POLL_INTERVAL": ("5s", "duration", "Minimum seconds between two device-code polls"),
     # -- sessions and policy defaults for new accounts
     "SESSION_DURATION": ("24h", "duration", "Default maximum session duration of a new account"),
     "IDLE_TIMEOUT": ("2h", "duration", "Default sign-out after inactivity of a new account"),
@@ -76,11 +78,14 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return timedelta(seconds=value)
     text = str(value).strip().lower()
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text)
+    match = re.fullmatch(r"(\d{1,12}(?:\.\d{1,6})?)\s*([smhd]?)", text)
     if not match:
         raise ValueError(f"not a duration: {value!r} (use seconds or 90s, 5m, 720h, 30d)")
     number, unit = match.groups()
-    return timedelta(seconds=float(number) * DURATION_UNITS[unit or "s"])
+    seconds = float(number) * DURATION_UNITS[unit or "s"]
+    if not seconds < 10 * 365 * 86400:
+        raise ValueError(f"duration too long: {value!r}")
+    return timedelta(seconds=seconds)
 
 
 def _parse(name: str, kind: str, value: object) -> object:

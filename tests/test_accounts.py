@@ -258,7 +258,7 @@ def test_a_client_needs_a_redirect_uri_unless_it_is_a_resource_server(ctx, clock
 
 
 def test_a_resource_server_cannot_be_public():
-    with pytest.raises(AccountError, match="a resource server authenticates with a secret"):
+    with pytest.raises(AccountError, match="resource servers and machine clients authenticate"):
         refused_client([], resource_server=True, public=True)
 
 

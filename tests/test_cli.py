@@ -390,7 +390,7 @@ CASES: dict[str, Case] = {
     "no-redirect-uri": _client(needles=("--redirect-uri",)),
     "public-resource-server": _client(*HTTPS_CB, "--public", "--resource-server",
                                       needles=("--public",)),
-    "unknown-scope": _client(*HTTPS_CB, "--scope", "openid admin", needles=("admin",)),
+    "unknown-scope": _client(*HTTPS_CB, "--scope", "openid superpowers", needles=("superpowers",)),
     # configuration
     "insecure-cookies-on-https-issuer": Case(
         ["init", "--json"], 1, ("IDP_INSECURE_COOKIES",),

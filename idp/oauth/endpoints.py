@@ -5,20 +5,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from authlib.integrations.flask_oauth2 import ResourceProtector
+from authlib.oauth2.rfc6749.errors import InvalidClientError, UnauthorizedClientError
 from authlib.oauth2.rfc6750 import BearerTokenValidator as _BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint as _RevocationEndpoint
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint as _IntrospectionEndpoint
+from authlib.oauth2.rfc8628 import DEVICE_CODE_GRANT_TYPE
+from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint as _DeviceAuthorizationEndpoint
 from authlib.oidc.core import UserInfoEndpoint as _UserInfoEndpoint
+from flask import request as flask_request
+from joserfc import jwt as joserfc_jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from sqlalchemy.exc import IntegrityError
 
-from .. import audit, tokens
-from ..models import Client, RefreshToken
+from .. import audit, devices, passwords, tokens
+from ..models import Client, DeviceCode, RefreshToken, UsedAssertion, db
 from ..runtime import client_ip, config, now, services
 from .grants import Principal, user_info
 
-INTROSPECTION_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
-REVOCATION_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+INTROSPECTION_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+REVOCATION_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+ASSERTION_ALGORITHMS = ["RS256", "ES256", "PS256"]
 
 
 @dataclass
@@ -116,6 +127,8 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
         if user is not None:
             body["sub"] = user.sub
             body["username"] = user.email
+        else:
+            body["sub"] = family.client_id  # client_credentials: the client acts for itself
         if session is not None:
             body["sid"] = session.id
         if token.access:
@@ -181,3 +194,81 @@ def resource_protector() -> ResourceProtector:
     protector = ResourceProtector()
     protector.register_token_validator(BearerTokenValidator())
     return protector
+
+
+class DeviceAuthorizationEndpoint(_DeviceAuthorizationEndpoint):
+    """RFC 8628 §3.1-3.2: a device code for polling and a short code for the user."""
+
+    CLIENT_AUTH_METHODS = REVOCATION_AUTH_METHODS
+    USER_CODE_TYPE = "string"
+
+    def create_endpoint_response(self, request):
+        lifetime = config()["DEVICE_CODE_LIFETIME"]
+        self.EXPIRES_IN = int(lifetime.total_seconds())
+        self.INTERVAL = int(config()["DEVICE_POLL_INTERVAL"].total_seconds())
+        self.authenticate_client(request)
+        if not request.client.check_grant_type(DEVICE_CODE_GRANT_TYPE):
+            raise UnauthorizedClientError("This client may not use the device flow.")
+        return super().create_endpoint_response(request)
+
+    def generate_device_code(self) -> str:
+        return passwords.new_token()[2]
+
+    def get_verification_uri(self) -> str:
+        return f"{config()['ISSUER']}/device"
+
+    def save_device_credential(self, client_id: str, scope: str | None, data: dict) -> None:
+        client = db.session.get(Client, client_id)
+        allowed = client.get_allowed_scope(scope)
+        row_id, secret = passwords.split_token(data["device_code"])
+        current = now()
+        db.session.add(DeviceCode(
+            id=row_id, secret_hash=passwords.hash_secret(secret), user_code=data["user_code"],
+            client_id=client_id, scope=allowed, created_at=current,
+            expires_at=current + config()["DEVICE_CODE_LIFETIME"], interval=data["interval"],
+            ip=client_ip(), user_agent=devices.truncate_user_agent(
+                flask_request.headers.get("User-Agent")),
+        ))
+
+
+class PrivateKeyJWT(JWTBearerClientAssertion):
+    """RFC 7523 client assertions signed with a key the client registered; each
+    ``jti`` is accepted once until the assertion expires."""
+
+    CLIENT_AUTH_METHOD = "private_key_jwt"
+
+    def __init__(self):
+        super().__init__(validate_jti=True, leeway=30)
+
+    def get_audiences(self) -> list[str]:
+        issuer = config()["ISSUER"]
+        return [issuer, f"{issuer}/oauth/token", f"{issuer}/oauth/introspect",
+                f"{issuer}/oauth/revoke", f"{issuer}/oauth/device"]
+
+    def process_assertion_claims(self, assertion, resolve_key):
+        try:
+            token = joserfc_jwt.decode(assertion, resolve_key, algorithms=ASSERTION_ALGORITHMS)
+        except JoseError as exc:
+            raise InvalidClientError(description="The client assertion is not valid.") from exc
+        self.verify_claims(token.claims)
+        return token.claims
+
+    def validate_jti(self, claims: dict, jti: str) -> bool:
+        if not isinstance(jti, str) or len(jti) > 128:
+            return False
+        key = f"{claims['sub']}:{jti}"
+        if db.session.get(UsedAssertion, key) is not None:
+            return False
+        expires = datetime.fromtimestamp(int(claims["exp"]), tz=UTC)
+        db.session.add(UsedAssertion(key=key, expires_at=expires))
+        try:
+            db.session.flush()
+        except IntegrityError:
+            db.session.rollback()
+            return False
+        return True
+
+    def resolve_client_public_key(self, client: Client):
+        if not client.jwks:
+            raise InvalidClientError(description="The client has no registered keys.")
+        return KeySet.import_key_set(client.jwks)

@@ -9,19 +9,33 @@ error is returned so the rollback of the failed request cannot undo them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
+import sqlalchemy as sa
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc6749.errors import (
+    AccessDeniedError,
+    InvalidGrantError,
+    InvalidRequestError,
+    InvalidScopeError,
+)
 from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc8628 import DeviceCodeGrant as _DeviceCodeGrant
+from authlib.oauth2.rfc8628.errors import (
+    AuthorizationPendingError,
+    ExpiredTokenError,
+    SlowDownError,
+)
 from authlib.oidc.core import UserInfo
 from authlib.oidc.core.grants import OpenIDCode as _OpenIDCode
 from authlib.oidc.core.grants.util import create_half_hash
 
 from .. import passwords, sessions, tokens
-from ..models import AuthorizationCode, LoginSession, TokenFamily, User, db
+from ..models import AuthorizationCode, DeviceCode, LoginSession, TokenFamily, User, db
 from ..runtime import client_ip, config, now, services
 
-CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 
 
 @dataclass
@@ -178,3 +192,69 @@ class OpenIDCode(_OpenIDCode):
         claims["at_hash"] = at_hash.decode()
         claims.update(user_info(principal.user, token["scope"]))
         return services().keys.sign(claims, alg=alg, typ="JWT")
+
+
+USER_SCOPES = {"openid", "profile", "email", "sessions", "admin"}
+
+
+class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    """Machine clients: tokens with no user and no session, never refreshable."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS
+
+    def validate_token_request(self):
+        super().validate_token_request()
+        requested = set((self.request.payload.scope or "").split())
+        if requested & USER_SCOPES:
+            raise InvalidScopeError("User scopes cannot be granted to a machine client.")
+
+
+class DeviceCodeGrant(_DeviceCodeGrant):
+    """RFC 8628 polling. Every answer but success is its own state change (the poll
+    time, a slowed interval), committed before the error goes back."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def query_device_credential(self, device_code: str) -> DeviceCode | None:
+        parts = passwords.split_token(device_code)
+        if parts is None:
+            return None
+        row = db.session.get(DeviceCode, parts[0])
+        if row is None or not passwords.verify_secret(parts[1], row.secret_hash):
+            return None
+        return row
+
+    def validate_device_credential(self, credential: DeviceCode) -> Principal:
+        current = now()
+        if credential.used_at is not None:
+            raise InvalidGrantError("This device code has already been used.")
+        if credential.expires_at <= current:
+            raise ExpiredTokenError()
+        if credential.approved is None:
+            too_fast = (credential.last_polled_at is not None
+                        and current - credential.last_polled_at
+                        < timedelta(seconds=credential.interval))
+            if too_fast:
+                credential.interval += 5
+            credential.last_polled_at = current
+            db.session.commit()
+            raise SlowDownError() if too_fast else AuthorizationPendingError()
+        if not credential.approved:
+            raise AccessDeniedError()
+        claimed = db.session.execute(
+            sa.update(DeviceCode).where(DeviceCode.id == credential.id,
+                                        DeviceCode.used_at.is_(None))
+            .values(used_at=current).execution_options(synchronize_session=False)
+        ).rowcount
+        if not claimed:
+            raise InvalidGrantError("This device code has already been used.")
+        session = _session_or_error(db.session.get(LoginSession, credential.session_id))
+        family = tokens.start_family(session=session, client=credential.client,
+                                     scope=credential.scope, now=current)
+        return Principal(session.user, session, family)
+
+    def query_user_grant(self, user_code):  # pragma: no cover - replaced above
+        raise NotImplementedError
+
+    def should_slow_down(self, credential):  # pragma: no cover - replaced above
+        raise NotImplementedError

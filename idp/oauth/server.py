@@ -14,13 +14,17 @@ from .. import tokens
 from ..models import Client, db
 from ..runtime import config, now, services
 from .endpoints import (
+    DeviceAuthorizationEndpoint,
     IntrospectionEndpoint,
+    PrivateKeyJWT,
     RevocationEndpoint,
     UserInfoEndpoint,
     resource_protector,
 )
 from .grants import (
     AuthorizationCodeGrant,
+    ClientCredentialsGrant,
+    DeviceCodeGrant,
     OpenIDCode,
     Principal,
     RefreshTokenGrant,
@@ -60,7 +64,12 @@ def generate_token(
     can outlive the session it was issued under."""
     cfg = config()
     current = now()
-    family = user.family
+    if user is None:
+        # client_credentials: a family of its own, no user, no session.
+        family = tokens.start_family(session=None, client=client, scope=scope or "", now=current)
+        subject = client.client_id
+    else:
+        family, subject = user.family, user.user.sub
     lifetime = int(cfg["ACCESS_TOKEN_LIFETIME"].total_seconds())
     deadline = tokens.session_deadline(family.session, current)
     if deadline is not None:
@@ -68,11 +77,11 @@ def generate_token(
     claims = tokens.access_token_claims(
         issuer=cfg["ISSUER"],
         family=family,
-        subject=user.user.sub,
+        subject=subject,
         now=current,
         expires_in=lifetime,
     )
-    claims["scope"] = scope or family.scope
+    claims["scope"] = family.scope if scope is None else scope
     token = {
         "token_type": "Bearer",
         "access_token": services().keys.sign(
@@ -81,7 +90,7 @@ def generate_token(
         "expires_in": lifetime,
         "scope": claims["scope"],
     }
-    if include_refresh_token:
+    if include_refresh_token and family.session is not None:
         token["refresh_token"], _ = tokens.issue_refresh(
             family, now=current, lifetime=cfg["REFRESH_TOKEN_LIFETIME"]
         )
@@ -97,6 +106,10 @@ def build(app: Flask) -> AuthorizationServer:
         AuthorizationCodeGrant, [S256CodeChallenge(required=True), OpenIDCode(require_nonce=False)]
     )
     server.register_grant(RefreshTokenGrant)
+    server.register_grant(ClientCredentialsGrant)
+    server.register_grant(DeviceCodeGrant)
+    server.register_client_auth_method("private_key_jwt", PrivateKeyJWT())
+    server.register_endpoint(DeviceAuthorizationEndpoint)
     server.register_endpoint(IntrospectionEndpoint)
     server.register_endpoint(RevocationEndpoint)
     server.register_endpoint(UserInfoEndpoint(resource_protector=resource_protector()))

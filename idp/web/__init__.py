@@ -63,7 +63,7 @@ def _oauth_code(status: int) -> str:
 
 
 def register(app: Flask) -> None:
-    from . import account, admin, api, auth, filters, oidc
+    from . import account, admin, api, auth, device, filters, oidc
 
     filters.register(app)
     csrf.init_app(app)
@@ -74,6 +74,7 @@ def register(app: Flask) -> None:
     app.register_blueprint(auth.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(device.bp)
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc):

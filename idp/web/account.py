@@ -28,7 +28,8 @@ def login_required(view):
                 flash(current.EXPIRY_MESSAGES[g.expired_reason], "info")
             db.session.commit()
             if request.method == "GET":
-                session[AFTER_LOGIN] = request.endpoint
+                keep = {k: v for k, v in request.args.items() if k in ("user_code", "view")}
+                session[AFTER_LOGIN] = {"endpoint": request.endpoint, "args": keep}
             response = redirect(url_for("auth.login"), 303)
             if current.had_cookie():
                 current.clear_cookie(response)

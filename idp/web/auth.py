@@ -34,13 +34,17 @@ def remember_authorization(query: str) -> None:
     session[PENDING] = query
 
 
-AFTER_LOGIN_PAGES = {"account.sessions_page"}
+AFTER_LOGIN_PAGES = {"account.sessions_page", "device.enter", "admin.settings", "admin.users"}
 
 
-def _resume_target(pending: str | None, after: str | None) -> str:
+def _resume_target(pending: str | None, after: dict | None) -> str:
     """Only ever our own pages, never a caller-supplied URL (no open redirect)."""
     if not pending:
-        return url_for(after if after in AFTER_LOGIN_PAGES else "account.sessions_page")
+        if isinstance(after, dict) and after.get("endpoint") in AFTER_LOGIN_PAGES:
+            args = {k: str(v)[:40] for k, v in (after.get("args") or {}).items()
+                    if k in ("user_code", "view")}
+            return url_for(after["endpoint"], **args)
+        return url_for("account.sessions_page")
     params = []
     for key, value in parse_qsl(pending, keep_blank_values=True):
         if key == "prompt":

@@ -24,7 +24,11 @@ from flask import (
 
 from .. import sessions as sessions_domain
 from ..models import Consent, EndReason, db
-from ..oauth.endpoints import INTROSPECTION_AUTH_METHODS, REVOCATION_AUTH_METHODS
+from ..oauth.endpoints import (
+    ASSERTION_ALGORITHMS,
+    INTROSPECTION_AUTH_METHODS,
+    REVOCATION_AUTH_METHODS,
+)
 from ..oauth.grants import CLIENT_AUTH_METHODS, Principal
 from ..oauth.server import SCOPES_SUPPORTED
 from ..runtime import client_ip, config, now, services
@@ -59,15 +63,22 @@ def discovery_document() -> dict:
         "introspection_endpoint": f"{issuer}/oauth/introspect",
         "revocation_endpoint": f"{issuer}/oauth/revoke",
         "end_session_endpoint": f"{issuer}/oauth/end-session",
+        "device_authorization_endpoint": f"{issuer}/oauth/device",
         "scopes_supported": SCOPES_SUPPORTED,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": [
+            "authorization_code", "refresh_token", "client_credentials",
+            "urn:ietf:params:oauth:grant-type:device_code",
+        ],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
         "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
         "introspection_endpoint_auth_methods_supported": INTROSPECTION_AUTH_METHODS,
         "revocation_endpoint_auth_methods_supported": REVOCATION_AUTH_METHODS,
+        "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        "introspection_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+        "revocation_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "code_challenge_methods_supported": ["S256"],
         "prompt_values_supported": ["none", "login", "consent"],
         "claims_supported": [
@@ -287,6 +298,11 @@ def revoke():
     return _committing(_server().create_endpoint_response("revocation"))
 
 
+@bp.post("/oauth/device")
+def device_authorization():
+    return _committing(_server().create_endpoint_response("device_authorization"))
+
+
 # -- RP-Initiated Logout 1.0 ---------------------------------------------------------
 
 
@@ -360,6 +376,6 @@ LOGOUT_PARAMS = ("id_token_hint", "client_id", "post_logout_redirect_uri", "stat
 
 def exempt_from_csrf(csrf) -> None:
     csrf.exempt(end_session)  # relying parties may POST; the confirm form checks its own token
-    for view in (token, userinfo, introspect, revoke):
+    for view in (token, userinfo, introspect, revoke, device_authorization):
         csrf.exempt(view)
 

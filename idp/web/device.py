@@ -1,0 +1,94 @@
+"""Approving a device login (RFC 8628) in the browser: the user types the code the
+command-line tool shows, sees which app asks for what, and approves or denies.
+Approval opens a session of its own, kind "device", under the account's policy."""
+
+from __future__ import annotations
+
+import re
+
+import sqlalchemy as sa
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+
+from .. import sessions
+from ..models import DeviceCode, db
+from ..runtime import now, services
+from .account import login_required
+from .forms import ActionForm
+
+bp = Blueprint("device", __name__, url_prefix="/device")
+
+SCOPE_TEXT = {
+    "openid": "Know who you are", "profile": "See your name", "email": "See your email address",
+    "sessions": "See and end your login sessions",
+    "admin": "Manage your organisation's session policy and users' sessions",
+}
+
+
+def normalise(code: str) -> str:
+    """Users type codes loosely: 'bcdf ghjk' and 'BCDFGHJK' both mean 'BCDF-GHJK'."""
+    letters = re.sub(r"[^A-Za-z]", "", code or "").upper()[:8]
+    return f"{letters[:4]}-{letters[4:]}" if len(letters) == 8 else ""
+
+
+def _pending(code: str) -> DeviceCode | None:
+    row = db.session.scalar(sa.select(DeviceCode).where(DeviceCode.user_code == normalise(code)))
+    if row is None or row.approved is not None or row.expires_at <= now():
+        return None
+    return row
+
+
+@bp.route("", methods=["GET", "POST"])
+@login_required
+def enter():
+    form = ActionForm()
+    code = request.values.get("user_code", "")
+    if code and (request.method == "GET" or form.validate_on_submit()):
+        row = _pending(code)
+        if row is None:
+            db.session.commit()
+            return render_template("device/enter.html", form=form, code=code,
+                                   error="That code is not valid or has expired. Check the code "
+                                         "your device shows, or start again on the device."), 400
+        db.session.commit()
+        return render_template(
+            "device/confirm.html", form=ActionForm(), row=row,
+            scopes=[SCOPE_TEXT.get(s, s) for s in row.scope.split()],
+            location=services().locator.locate(row.ip),
+        )
+    db.session.commit()
+    return render_template("device/enter.html", form=form, code=code, error=None)
+
+
+@bp.post("/decide")
+@login_required
+def decide():
+    form = ActionForm()
+    row = _pending(request.form.get("user_code", "")) if form.validate_on_submit() else None
+    if row is None:
+        db.session.commit()
+        flash("That device code is no longer waiting for approval.", "info")
+        return redirect(url_for("device.enter"), 303)
+    row.user_id = g.user.id
+    row.decided_at = now()
+    if request.form.get("decision") != "approve":
+        row.approved = False
+        db.session.commit()
+        flash(f"Denied. {row.client.name} was not signed in.", "info")
+        return redirect(url_for("account.sessions_page"), 303)
+    origin = sessions.Origin(
+        ip=row.ip, user_agent=row.user_agent, device_label=row.client.name,
+        device_type="other", location=services().locator.locate(row.ip),
+    )
+    try:
+        started = sessions.start(g.user, origin, now=now(), kind="device", amr=("pwd",))
+    except sessions.SessionLimitReached:
+        db.session.rollback()
+        flash("You already have as many active sessions as your organisation allows. "
+              "End one, then approve the device again.", "info")
+        return redirect(url_for("account.sessions_page", view="active"), 303)
+    row.approved = True
+    row.session_id = started.session.id
+    db.session.commit()
+    flash(f"Approved. {row.client.name} is signed in; it appears in your sessions and you "
+          "can end it there.", "success")
+    return redirect(url_for("account.sessions_page"), 303)
