@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
 from .. import policy, sessions
-from ..models import EndReason, LoginSession, Role, User, db
+from ..models import EndReason, LoginSession, LogoutAttempt, LogoutDelivery, Role, User, db
 from ..policy import PolicyBounds, PolicyError, SessionPolicy
 from ..runtime import client_ip, config, now
 from . import current
@@ -207,3 +207,25 @@ def end_user_sessions(sub: str):
     flash(f"Ended {len(ended)} session{'s' if len(ended) != 1 else ''} of {user.email}.",
           "success")
     return redirect(back, 303)
+
+
+@bp.get("/logout-deliveries")
+@admin_required
+def logout_deliveries():
+    """Back-channel logout notices for this account's sessions, with every attempt."""
+    rows = db.session.scalars(
+        sa.select(LogoutDelivery)
+        .join(LoginSession, LoginSession.id == LogoutDelivery.session_id)
+        .where(LoginSession.account_id == g.user.account_id)
+        .order_by(LogoutDelivery.created_at.desc(), LogoutDelivery.id.desc())
+        .limit(100)
+    ).all()
+    attempts: dict[int, list[LogoutAttempt]] = {}
+    if rows:
+        for attempt in db.session.scalars(
+            sa.select(LogoutAttempt).where(LogoutAttempt.delivery_id.in_([r.id for r in rows]))
+            .order_by(LogoutAttempt.at)
+        ):
+            attempts.setdefault(attempt.delivery_id, []).append(attempt)
+    db.session.commit()
+    return render_template("admin/deliveries.html", rows=rows, attempts=attempts, now=now())

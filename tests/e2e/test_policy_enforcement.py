@@ -16,7 +16,7 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
-from idp import cli, passwords, sessions, tokens
+from idp import cli, sessions, tokens
 from idp.models import AuditEvent, Client, LoginSession, RefreshToken, TokenFamily, User, db
 from tests.conftest import PASSWORD
 from tests.flows import obtain_tokens
@@ -403,8 +403,8 @@ def test_refresh_under_an_ended_session_fails_and_keeps_its_reason(make_env, clo
     env = make_env()
     browser = env.browser()
     token = env.tokens(browser)
-    logout = browser.http.post(f"{env.live.url}/logout",
-                               data={"csrf_token": csrf_token(page(browser).text)})
+    form = page(browser, "/account/sessions/end-others").text
+    logout = browser.http.post(f"{env.live.url}/logout", data={"csrf_token": csrf_token(form)})
     assert logout.status_code == 303
     clock.advance(minutes=1)
     response = env.rp.refresh(token["refresh_token"])
@@ -442,8 +442,8 @@ def test_refresh_tokens_never_outlive_the_absolute_deadline(make_env, clock):
     token = env.rp.refresh(token["refresh_token"]).json()
     assert introspect_refresh(env, token)["exp"] == int(deadline.timestamp())
     assert token["expires_in"] == 60  # the access token stops at the deadline too
+    family_ids = [f.id for f in env.families(sid_in(token))]
     with env.app.app_context():
-        family_ids = [f.id for f in env.families(sid_in(token))]
         expiries = db.session.scalars(sa.select(RefreshToken.expires_at).where(
             RefreshToken.family_id.in_(family_ids))).all()
     assert len(expiries) == 3 and set(expiries) == {deadline}
@@ -486,7 +486,6 @@ def test_a_tightened_policy_reaches_existing_sessions_at_their_next_check(make_e
     clock.advance(minutes=60)
     token = env.tokens(a, scope="openid email")  # a fresh access token, 3 h into the session
     assert env.rp.introspect(token["access_token"]).json()["active"] is True
-    ended_before = env.rows(env.ada)
 
     clock.advance(minutes=1)
     answer = env.set_policy(max_duration="2h")
@@ -495,7 +494,7 @@ def test_a_tightened_policy_reaches_existing_sessions_at_their_next_check(make_e
     assert answer["impact"]["sessions_ended_now"] == 2
     for browser in (a, b, c):
         assert env.row(sid_of(browser)).updated_at == changed_at
-    assert [s.ended_at for s in env.rows(env.ada)] == [s.ended_at for s in ended_before]
+    assert all(s.ended_at is None for s in env.rows(env.ada))  # saving ended nothing
 
     # Introspection and userinfo say no at once, without writing anything.
     assert env.rp.introspect(token["access_token"]).json() == {"active": False}
@@ -512,7 +511,7 @@ def test_a_tightened_policy_reaches_existing_sessions_at_their_next_check(make_e
     # The younger session is fine until 2 h after its own start.
     assert page(b).status_code == 200
     clock.set(start + timedelta(hours=4) - SECOND)
-    assert env.row(sid_of(b)).ended_at is None
+    assert page(b).status_code == 200
     clock.advance(SECOND)
     assert page(b).headers["location"] == "/login"
     assert env.row(sid_of(b)).end_reason == "expired_duration"
@@ -581,5 +580,4 @@ def test_sweep_expires_revokes_and_purges(make_env, clock, monkeypatch, capsys):
         assert (result.expired, result.purged) == (1, 1)
         remaining = set(db.session.scalars(sa.select(LoginSession.id)))
         assert remaining == {ids["idle"], ids["busy"], ids["live"]}
-        assert db.session.get(LoginSession, ids["live"]).end_reason == "expired_idle"
-        assert passwords.split_token("x") is None  # sanity: the module stays importable
+        assert db.session.get(LoginSession, ids["live"]).end_reason == "expired_duration"
