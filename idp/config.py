@@ -22,6 +22,7 @@ class ConfigError(Exception):
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_SECONDS = 10 * 365 * 86400
 
 # name -> (default, kind, help). Kinds: str, int, bool, duration, path.
 SETTINGS: dict[str, tuple[object, str, str]] = {
@@ -60,6 +61,13 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "BACKCHANNEL_RETRY_MAX": ("1h", "duration", "Longest delay between two attempts"),
     "BACKCHANNEL_GIVE_UP": ("24h", "duration", "Stop retrying a delivery this long after the logout"),
     "LOGOUT_TOKEN_LIFETIME": ("2m", "duration", "Lifetime of a logout token"),
+    # -- abuse resistance (Flask-Limiter)
+    "RATELIMIT_STORAGE_URI": ("memory://", "str", "Rate-limit counters: memory:// or redis://host:6379"),
+    "LOGIN_IP_LIMIT": ("30 per minute", "str", "Sign-in attempts per client IP"),
+    "LOGIN_MAX_FAILURES": (5, "int", "Failed sign-ins per account before a temporary lockout"),
+    "LOGIN_LOCKOUT": ("15m", "duration", "Lockout window after too many failed sign-ins"),
+    "TOKEN_RATE_LIMIT": ("1200 per minute", "str", "Token requests per OAuth client"),
+    "INTROSPECTION_RATE_LIMIT": ("12000 per minute", "str", "Introspection calls per OAuth client"),
     # -- passwords (argon2id)
     "ARGON2_TIME_COST": (3, "int", "argon2id iterations"),
     "ARGON2_MEMORY_COST": (65536, "int", "argon2id memory in KiB"),
@@ -76,6 +84,8 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not 0 <= value < MAX_DURATION_SECONDS:  # also refuses NaN
+            raise ValueError(f"not a duration: {value!r}")
         return timedelta(seconds=value)
     text = str(value).strip().lower()
     match = re.fullmatch(r"(\d{1,12}(?:\.\d{1,6})?)\s*([smhd]?)", text)
@@ -83,7 +93,7 @@ def parse_duration(value: object) -> timedelta:
         raise ValueError(f"not a duration: {value!r} (use seconds or 90s, 5m, 720h, 30d)")
     number, unit = match.groups()
     seconds = float(number) * DURATION_UNITS[unit or "s"]
-    if not seconds < 10 * 365 * 86400:
+    if not seconds < MAX_DURATION_SECONDS:
         raise ValueError(f"duration too long: {value!r}")
     return timedelta(seconds=seconds)
 
@@ -188,6 +198,15 @@ def _validate(config: dict) -> None:
             "IDP_ACTIVITY_WRITE_INTERVAL must be at least 1s and below IDP_IDLE_TIMEOUT_MIN, "
             "or active users would be signed out for inactivity"
         )
+    if not 1 <= config["LOGIN_MAX_FAILURES"] <= 100:
+        raise ConfigError("IDP_LOGIN_MAX_FAILURES must be between 1 and 100")
+    for name in ("LOGIN_IP_LIMIT", "TOKEN_RATE_LIMIT", "INTROSPECTION_RATE_LIMIT"):
+        try:
+            from limits import parse_many
+
+            parse_many(config[name])
+        except ValueError:
+            raise ConfigError(f"IDP_{name}: not a rate like '30 per minute'") from None
     if not 1 <= config["CONCURRENT_SESSIONS_MAX"] <= 100000:
         raise ConfigError("IDP_CONCURRENT_SESSIONS_MAX must be between 1 and 100000")
     if config["DATABASE_URL"] is None:

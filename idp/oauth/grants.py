@@ -128,6 +128,13 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         claim = tokens.claim_refresh(refresh_token, now=now(), ip=client_ip())
         if claim.reused:
             db.session.commit()
+        elif claim.row is None:
+            # Expired with its session's deadline: say so on the session too.
+            stale = tokens.find_refresh(refresh_token)
+            if stale is not None and stale.family.session is not None and sessions.check(
+                stale.family.session, now()
+            ) is not None:
+                db.session.commit()
         return claim.row
 
     def authenticate_user(self, refresh_token) -> Principal:

@@ -63,9 +63,10 @@ def _oauth_code(status: int) -> str:
 
 
 def register(app: Flask) -> None:
-    from . import account, admin, api, auth, device, filters, oidc
+    from . import account, admin, api, auth, device, filters, oidc, throttle
 
     filters.register(app)
+    throttle.setup(app)
     csrf.init_app(app)
     oidc.exempt_from_csrf(csrf)
     api.exempt_from_csrf(csrf)
@@ -100,6 +101,13 @@ def register(app: Flask) -> None:
         if isinstance(exc, OperationalError):
             return error_response(503)
         return error_response(InternalServerError.code)
+
+    @app.before_request
+    def refuse_oversized():
+        """Attacker-sized headers and URLs get a clean 400 before any work is done."""
+        if len(request.headers.get("User-Agent", "")) > 8192 or len(request.query_string) > 32768:
+            return error_response(400, "The request is too large.")
+        return None
 
     @app.after_request
     def security_headers(response):

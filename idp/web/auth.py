@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from flask import (
     Blueprint,
     abort,
+    current_app,
     flash,
     g,
     redirect,
@@ -19,7 +20,7 @@ from flask import (
 from .. import audit, sessions
 from ..models import EndReason, LoginSession, User, db
 from ..runtime import client_ip, now, origin, services
-from . import current
+from . import current, throttle
 from .forms import ActionForm, LoginForm
 
 bp = Blueprint("auth", __name__)
@@ -89,11 +90,28 @@ def login():
         return render_template("login.html", form=form, error=None)
 
     email = form.email.data.strip().lower()
+    guard = throttle.login_throttle()
+    with throttle.limit("LOGIN_IP_LIMIT", scope="login-ip"):
+        state = guard.state(email)
+    if state.locked or state.retry_after:
+        audit.record("login.throttled", now=now(), ip=client_ip(), actor="anonymous",
+                     locked=state.locked or None, retry_after=state.retry_after)
+        db.session.commit()
+        message = (
+            f"Too many failed attempts. Try again in {_minutes(state.retry_after)}."
+            if state.locked else
+            f"Too many failed attempts. Wait {state.retry_after} seconds and try again."
+        )
+        response = current_app.make_response(
+            (render_template("login.html", form=form, error=message), 429))
+        response.headers["Retry-After"] = str(state.retry_after)
+        return response
     user = db.session.scalar(sa.select(User).where(User.email == email))
     ok, new_hash = services().passwords.verify(
         user.password_hash if user else None, form.password.data
     )
     if not ok or user is None or user.disabled_at is not None:
+        guard.failed(email)
         audit.record(
             "login.failed",
             now=now(),
@@ -106,6 +124,7 @@ def login():
         return render_template(
             "login.html", form=form, error="Incorrect email or password."
         ), 401
+    guard.reset(email)
     if new_hash:
         user.password_hash = new_hash
     if live is not None:
@@ -126,6 +145,11 @@ def login():
     response = redirect(_resume_target(pending, after), 303)
     current.set_cookie(response, started.cookie, started.session)
     return response
+
+
+def _minutes(seconds: int) -> str:
+    minutes = max(1, round(seconds / 60))
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 def _first_error(form: LoginForm) -> str:

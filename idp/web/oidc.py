@@ -32,7 +32,7 @@ from ..oauth.endpoints import (
 from ..oauth.grants import CLIENT_AUTH_METHODS, Principal
 from ..oauth.server import SCOPES_SUPPORTED
 from ..runtime import client_ip, config, now, services
-from . import current
+from . import current, throttle
 from .auth import remember_authorization
 from .forms import ConfirmLogoutForm, ConsentForm
 
@@ -268,7 +268,8 @@ def _committing(response):
 
 @bp.post("/oauth/token")
 def token():
-    return _committing(_server().create_token_response())
+    with throttle.limit("TOKEN_RATE_LIMIT", throttle.requesting_client_id()):
+        return _committing(_server().create_token_response())
 
 
 @bp.route("/userinfo", methods=["GET", "POST"])
@@ -288,7 +289,8 @@ def userinfo():
 
 @bp.post("/oauth/introspect")
 def introspect():
-    response = _server().create_endpoint_response("introspection")
+    with throttle.limit("INTROSPECTION_RATE_LIMIT", throttle.requesting_client_id()):
+        response = _server().create_endpoint_response("introspection")
     response.headers["Cache-Control"] = "no-store"
     return _committing(response)
 

@@ -342,13 +342,14 @@ def test_idle_expiry_is_exact_given_the_activity_write_interval(make_env, clock)
     quiet_tokens = env.tokens(quiet)
     busy = env.browser(PHONE)
     busy_tokens = env.tokens(busy)
+    quiet_id, busy_id = sid_of(quiet), sid_of(busy)
 
     clock.advance(seconds=30)
     assert page(quiet).status_code == 200  # within the interval: not written
-    assert env.row(sid_of(quiet)).last_active_at == start
+    assert env.row(quiet_id).last_active_at == start
     clock.advance(seconds=31)
     assert page(busy).status_code == 200  # past the interval: written
-    assert env.row(sid_of(busy)).last_active_at == start + timedelta(seconds=61)
+    assert env.row(busy_id).last_active_at == start + timedelta(seconds=61)
 
     # The quiet session's deadline is its last *written* activity + 2 h, to the second.
     clock.set(start + timedelta(hours=2) - SECOND)
@@ -356,9 +357,9 @@ def test_idle_expiry_is_exact_given_the_activity_write_interval(make_env, clock)
     clock.advance(SECOND)
     assert introspect_refresh(env, quiet_tokens) == {"active": False}
     assert introspect_refresh(env, busy_tokens)["active"] is True
-    assert env.row(sid_of(quiet)).ended_at is None  # nobody wrote: still right
+    assert env.row(quiet_id).ended_at is None  # nobody wrote: still right
     assert page(quiet).headers["location"] == "/login"
-    row = env.row(sid_of(quiet))
+    row = env.row(quiet_id)
     assert (row.ended_at, row.end_reason) == (start + timedelta(hours=2), "expired_idle")
 
     clock.set(start + timedelta(seconds=61) + timedelta(hours=2) - SECOND)
@@ -366,7 +367,8 @@ def test_idle_expiry_is_exact_given_the_activity_write_interval(make_env, clock)
     clock.advance(SECOND)
     assert introspect_refresh(env, busy_tokens) == {"active": False}
     assert page(busy).headers["location"] == "/login"
-    assert env.row(sid_of(busy)).end_reason == "expired_idle"
+    row = env.row(busy_id)
+    assert (row.ended_at, row.end_reason) == (clock.now(), "expired_idle")
 
 
 # -- refresh -----------------------------------------------------------------------------------
@@ -499,22 +501,25 @@ def test_a_tightened_policy_reaches_existing_sessions_at_their_next_check(make_e
     # Introspection and userinfo say no at once, without writing anything.
     assert env.rp.introspect(token["access_token"]).json() == {"active": False}
     assert env.rp.userinfo(token["access_token"]).status_code == 401
-    assert env.row(sid_of(a)).ended_at is None
-    # The refresh marks it.
+    a_id, b_id, c_id = sid_of(a), sid_of(b), sid_of(c)
+    assert env.row(a_id).ended_at is None
+    # The refresh marks it (as ended at its new deadline, two hours after sign-in).
     assert env.rp.refresh(token["refresh_token"]).json()["error"] == "invalid_grant"
-    row = env.row(sid_of(a))
-    assert (row.ended_at, row.end_reason) == (changed_at, "expired_duration")
+    row = env.row(a_id)
+    assert (row.ended_at, row.end_reason) == (start + timedelta(hours=2), "expired_duration")
+    assert row.updated_at == changed_at
     # The page marks the other old one, and says why.
     assert page(c).headers["location"] == "/login"
     assert login_page_message(c) == DURATION_MESSAGE
-    assert env.row(sid_of(c)).end_reason == "expired_duration"
+    assert env.row(c_id).end_reason == "expired_duration"
     # The younger session is fine until 2 h after its own start.
     assert page(b).status_code == 200
     clock.set(start + timedelta(hours=4) - SECOND)
     assert page(b).status_code == 200
     clock.advance(SECOND)
     assert page(b).headers["location"] == "/login"
-    assert env.row(sid_of(b)).end_reason == "expired_duration"
+    row = env.row(b_id)
+    assert (row.ended_at, row.end_reason) == (start + timedelta(hours=4), "expired_duration")
 
 
 # -- the sweep ---------------------------------------------------------------------------------
@@ -559,9 +564,12 @@ def test_sweep_expires_revokes_and_purges(make_env, clock, monkeypatch, capsys):
             assert not db.session.scalars(sa.select(kind).where(
                 kind.session_id == ids["ancient"])).all()
         assert db.session.scalar(sa.select(sa.func.count()).select_from(RefreshToken)) == 4
-        assert (rows[ids["idle"]].ended_at, rows[ids["idle"]].end_reason) == (now, "expired_idle")
+        # Recorded as ended at the deadline each one crossed (an hour ago for both).
+        deadline = now - timedelta(hours=1)
+        assert (rows[ids["idle"]].ended_at, rows[ids["idle"]].end_reason) == (
+            deadline, "expired_idle")
         assert (rows[ids["busy"]].ended_at, rows[ids["busy"]].end_reason) == (
-            now, "expired_duration")
+            deadline, "expired_duration")
         assert rows[ids["live"]].ended_at is None
         assert rows[ids["recent"]].end_reason == "logout"
         for name in ("idle", "busy"):

@@ -1,0 +1,120 @@
+"""Abuse resistance with Flask-Limiter: request rates per client IP and per OAuth
+client, and the per-account password-guessing throttle (growing delays, then a
+temporary lockout).
+
+Counters live in Flask-Limiter's storage: in memory by default, Redis for several
+nodes (``IDP_RATELIMIT_STORAGE_URI=redis://…``). The lockout is keyed by the
+normalised email whether or not such a user exists, so its answers never tell an
+attacker which accounts exist.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from authlib.oauth2.rfc6749.util import extract_basic_authorization
+from flask import Flask, current_app, request
+from flask_limiter import Limiter
+from limits import RateLimitItemPerSecond, parse
+
+from ..runtime import client_ip
+
+
+@dataclass(frozen=True)
+class LoginState:
+    locked: bool
+    retry_after: int  # seconds until the next attempt is considered
+
+
+class LoginThrottle:
+    """Failures per account: after ``delay_after`` failures each new attempt must wait
+    1, 2, 4, … seconds; after ``max_failures`` within ``window`` the account is locked
+    until the window has passed or an administrator clears it."""
+
+    def __init__(self, limiter: Limiter, *, max_failures: int, window: int, delay_after: int = 2):
+        self.limiter = limiter
+        self.failures = parse(f"{max_failures} per {window} seconds")
+        self.max_failures = max_failures
+        self.delay_after = delay_after
+
+    @property
+    def strategy(self):
+        return self.limiter.limiter
+
+    def _delay_item(self, count: int):
+        return RateLimitItemPerSecond(1, 2 ** (count - self.delay_after))
+
+    def _count(self, email: str) -> int:
+        stats = self.strategy.get_window_stats(self.failures, "login-failures", email)
+        return self.max_failures - stats.remaining
+
+    def state(self, email: str) -> LoginState:
+        count = self._count(email)
+        if count >= self.max_failures:
+            stats = self.strategy.get_window_stats(self.failures, "login-failures", email)
+            return LoginState(True, max(1, int(stats.reset_time - time.time())))
+        if count >= self.delay_after:
+            item = self._delay_item(count)
+            if not self.strategy.test(item, "login-delay", email, str(count)):
+                stats = self.strategy.get_window_stats(item, "login-delay", email, str(count))
+                return LoginState(False, max(1, int(stats.reset_time - time.time())))
+        return LoginState(False, 0)
+
+    def failed(self, email: str) -> None:
+        self.strategy.hit(self.failures, "login-failures", email)
+        count = self._count(email)
+        if self.delay_after <= count < self.max_failures:
+            self.strategy.hit(self._delay_item(count), "login-delay", email, str(count))
+
+    def locked(self, email: str) -> bool:
+        return self._count(email) >= self.max_failures
+
+    def reset(self, email: str) -> None:
+        """Successful sign-in or an administrator: the counters start again."""
+        self.strategy.clear(self.failures, "login-failures", email)
+        for count in range(self.delay_after, self.max_failures):
+            self.strategy.clear(self._delay_item(count), "login-delay", email, str(count))
+
+
+def requesting_client_id() -> str:
+    """The client an OAuth request comes from (Basic auth, form, or assertion)."""
+    basic_id, _ = extract_basic_authorization(request.headers)
+    client_id = basic_id or request.form.get("client_id")
+    return f"client:{(client_id or 'anonymous')[:64]}"
+
+
+def setup(app: Flask) -> None:
+    config = app.config
+    limiter = Limiter(
+        key_func=client_ip,
+        app=app,
+        storage_uri=config["RATELIMIT_STORAGE_URI"],
+        strategy="moving-window",
+        headers_enabled=True,
+        swallow_errors=True,  # a dead Redis must not take sign-in down with it
+        in_memory_fallback_enabled=True,
+        key_prefix="idp",
+    )
+    app.extensions["idp.limiter"] = limiter
+    app.extensions["idp.login_throttle"] = LoginThrottle(
+        limiter,
+        max_failures=config["LOGIN_MAX_FAILURES"],
+        window=int(config["LOGIN_LOCKOUT"].total_seconds()),
+    )
+
+
+@contextmanager
+def limit(rule_setting: str, key: str | None = None, scope: str | None = None):
+    """Apply ``config[rule_setting]`` here; over it, Flask-Limiter answers 429 with
+    Retry-After (rendered by the app's error handler in the caller's format)."""
+    limiter: Limiter = current_app.extensions["idp.limiter"]
+    rule = current_app.config[rule_setting]
+    with limiter.limit(rule, key_func=(lambda: key) if key else client_ip,
+                       scope=scope or rule_setting):
+        yield
+
+
+def login_throttle() -> LoginThrottle:
+    return current_app.extensions["idp.login_throttle"]
