@@ -6,11 +6,11 @@ from functools import wraps
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 
-from .. import sessions
+from .. import accounts, audit, sessions
 from ..models import EndReason, LoginSession, db
-from ..runtime import client_ip, config, now
+from ..runtime import client_ip, config, now, services
 from . import current
-from .forms import ActionForm
+from .forms import ActionForm, PasswordForm
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 
@@ -191,3 +191,39 @@ def end_all():
                              ip=client_ip())
     db.session.commit()
     return _signed_out(f"Ended {_plural(len(ended), 'session')}. Sign in again to continue.")
+
+
+@bp.route("/password", methods=["GET", "POST"])
+@login_required
+def change_password():
+    """A new password ends every other session of the user; this one stays."""
+    form = PasswordForm()
+    error = None
+    if form.validate_on_submit():
+        user = g.user
+        ok, _ = services().passwords.verify(user.password_hash, form.current.data)
+        if not ok:
+            error = "The current password is not right."
+            audit.record("password.change_failed", now=now(), account_id=user.account_id,
+                         user_id=user.id, ip=client_ip(), actor=f"user:{user.sub}")
+        elif form.new.data != form.confirm.data:
+            error = "The new passwords do not match."
+        elif len(form.new.data) < accounts.MIN_PASSWORD:
+            error = f"Use at least {accounts.MIN_PASSWORD} characters."
+        else:
+            user.password_hash = services().passwords.hash(form.new.data)
+            live = current.login_session()
+            ended = sessions.end_all(user, EndReason.PASSWORD_CHANGED, now=now(),
+                                     actor=f"user:{user.sub}", ip=client_ip(), keep=live.id)
+            audit.record("password.changed", now=now(), account_id=user.account_id,
+                         user_id=user.id, session_id=live.id, ip=client_ip(),
+                         actor=f"user:{user.sub}", sessions_ended=len(ended))
+            db.session.commit()
+            flash(f"Password changed. Signed out {len(ended)} other session"
+                  f"{'s' if len(ended) != 1 else ''}; this one stays.", "success")
+            return redirect(url_for("account.sessions_page"), 303)
+    elif form.is_submitted():
+        error = "Fill in all three fields."
+    db.session.commit()
+    return render_template("account/password.html", form=form, error=error), (
+        400 if error else 200)

@@ -11,11 +11,11 @@ from functools import wraps
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
-from .. import policy, sessions
+from .. import audit, policy, sessions
 from ..models import EndReason, LoginSession, LogoutAttempt, LogoutDelivery, Role, User, db
 from ..policy import PolicyBounds, PolicyError, SessionPolicy
 from ..runtime import client_ip, config, now
-from . import current
+from . import current, throttle
 from .account import describe_target, login_required, revokes_text
 from .forms import ActionForm
 
@@ -127,8 +127,67 @@ def users():
     members = db.session.scalars(
         sa.select(User).where(User.account_id == account.id).order_by(User.email)
     ).all()
+    guard = throttle.login_throttle()
+    locked = {u.id for u in members if guard.locked(u.email)}
     db.session.commit()
-    return render_template("admin/users.html", users=members, counts=counts, account=account)
+    return render_template("admin/users.html", users=members, counts=counts, account=account,
+                           locked=locked, form=ActionForm())
+
+
+@bp.post("/users/<sub>/unlock")
+@admin_required
+def unlock(sub: str):
+    """Clear a sign-in lockout (too many failed passwords) before it runs out."""
+    user = _own_user(sub)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    throttle.login_throttle().reset(user.email)
+    audit.record("login.unlocked", now=now(), account_id=user.account_id, user_id=user.id,
+                 actor=f"admin:{g.user.sub}", ip=client_ip())
+    db.session.commit()
+    flash(f"{user.email} can sign in again.", "success")
+    return redirect(url_for("admin.users"), 303)
+
+
+@bp.route("/users/<sub>/disable", methods=["GET", "POST"])
+@admin_required
+def disable(sub: str):
+    """Disable a user: every session ends at once ("Ended: account disabled")."""
+    user = _own_user(sub)
+    form = ActionForm()
+    if user.id == g.user.id:
+        flash("You cannot disable yourself.", "info")
+        return redirect(url_for("admin.users"), 303)
+    if request.method == "GET" or not form.validate_on_submit():
+        db.session.commit()
+        return render_template(
+            "account/confirm.html", form=form, action="Disable user",
+            title=f"Disable {user.email}?",
+            summary=f"{user.email} can no longer sign in, and all their sessions end now.",
+            back=url_for("admin.users"),
+        )
+    user.disabled_at = now()
+    ended = sessions.end_all(user, EndReason.DISABLED, now=now(), actor=f"admin:{g.user.sub}",
+                             ip=client_ip())
+    audit.record("user.disabled", now=now(), account_id=user.account_id, user_id=user.id,
+                 actor=f"admin:{g.user.sub}", ip=client_ip(), sessions_ended=len(ended))
+    db.session.commit()
+    flash(f"Disabled {user.email}; ended {len(ended)} session(s).", "success")
+    return redirect(url_for("admin.users"), 303)
+
+
+@bp.post("/users/<sub>/enable")
+@admin_required
+def enable(sub: str):
+    user = _own_user(sub)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    user.disabled_at = None
+    audit.record("user.enabled", now=now(), account_id=user.account_id, user_id=user.id,
+                 actor=f"admin:{g.user.sub}", ip=client_ip())
+    db.session.commit()
+    flash(f"{user.email} can sign in again.", "success")
+    return redirect(url_for("admin.users"), 303)
 
 
 @bp.get("/users/<sub>/sessions")

@@ -27,3 +27,10 @@ class ActionForm(FlaskForm):
 
 class ConfirmLogoutForm(FlaskForm):
     confirm = SubmitField("Sign out")
+
+
+class PasswordForm(FlaskForm):
+    current = PasswordField("Current password", validators=[DataRequired(), Length(max=1024)])
+    new = PasswordField("New password", validators=[DataRequired(), Length(max=1024)])
+    confirm = PasswordField("New password again", validators=[DataRequired(), Length(max=1024)])
+    submit = SubmitField("Change password")
