@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from .metrics import EVENTS
 from .models import AuditEvent, db
 
 
@@ -35,4 +36,5 @@ def record(
         detail={k: v for k, v in detail.items() if v is not None},
     )
     db.session.add(entry)
+    EVENTS.labels(event, str(detail.get("reason") or "")).inc()
     return entry

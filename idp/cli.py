@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sys
 
 import click
@@ -154,10 +155,22 @@ def serve_command(host, port, workers, dev, no_demo, as_json) -> None:
         click.echo(json.dumps({"serving": f"http://{host}:{port}", "demo": demo}, sort_keys=True))
     sys.stdout.flush()
     workers = workers or app.config["WORKERS"]
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Every worker writes its counters here; /metrics adds them up.
+        metrics_dir = app.config["INSTANCE_DIR"] / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     if dev or os.name != "posix":
         app.run(host=host, port=port, debug=False, use_reloader=dev)
         return
     _gunicorn(host, port, workers)
+
+
+def _mark_worker_dead(_server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def _gunicorn(host: str, port: int, workers: int) -> None:
@@ -173,6 +186,7 @@ def _gunicorn(host: str, port: int, workers: int) -> None:
             self.cfg.set("control_socket_disable", True)
             self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
             self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("child_exit", _mark_worker_dead)
 
         def load(self):
             from . import create_app

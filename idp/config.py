@@ -76,6 +76,7 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "KEYS_RELOAD_INTERVAL": (30, "int", "Seconds between checks for keys rotated by another node"),
     # -- server
     "WORKERS": (2, "int", "Default worker processes for `idp serve`"),
+    "ACCESS_LOG": (True, "bool", "One JSON access-log line per request (path without query)"),
 }
 
 

@@ -63,8 +63,9 @@ def _oauth_code(status: int) -> str:
 
 
 def register(app: Flask) -> None:
-    from . import account, admin, api, auth, device, filters, oidc, throttle
+    from . import account, admin, api, auth, device, filters, oidc, ops, throttle
 
+    ops.install(app)
     filters.register(app)
     throttle.setup(app)
     csrf.init_app(app)

@@ -1,0 +1,16 @@
+"""Prometheus counters shared by the domain and the surfaces (no Flask here)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("idp_http_requests_total", "HTTP requests", ["endpoint", "method", "status"])
+LATENCY = Histogram(
+    "idp_http_request_seconds", "HTTP request latency", ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+EVENTS = Counter(
+    "idp_events_total",
+    "Sessions started/ended/expired, tokens refused or reused, logins failed (audit events)",
+    ["event", "reason"],
+)

@@ -1,0 +1,133 @@
+"""Operations: liveness and readiness probes, Prometheus metrics, structured logs.
+
+Metrics use prometheus-client; under gunicorn set PROMETHEUS_MULTIPROC_DIR (``idp
+serve`` does) so every worker's counters add up in one scrape. Logs are JSON, one
+object a line, with the request id; paths are logged without query strings, so no
+code, token or password ever reaches a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+
+import sqlalchemy as sa
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from pythonjsonlogger.json import JsonFormatter
+
+from ..metrics import LATENCY, REQUESTS
+from ..models import LogoutDelivery, db
+
+bp = Blueprint("ops", __name__)
+access_log = logging.getLogger("idp.access")
+
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process answers."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    """The database answers and signing keys are loaded."""
+    checks = {}
+    try:
+        db.session.execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
+    except sa.exc.SQLAlchemyError:
+        checks["database"] = "unreachable"
+    finally:
+        db.session.rollback()
+    try:
+        current_app.extensions["idp"].keys.current("RS256")
+        checks["keys"] = "ok"
+    except Exception:  # noqa: BLE001 - any failure means not ready
+        checks["keys"] = "missing"
+    ready = all(v == "ok" for v in checks.values())
+    return jsonify({"status": "ready" if ready else "not ready", **checks}), 200 if ready else 503
+
+
+@bp.get("/metrics")
+def metrics():
+    registry = DEFAULT_REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    lines = [generate_latest(registry).decode()]
+    try:
+        pending, failed = db.session.execute(
+            sa.select(
+                sa.func.count().filter(LogoutDelivery.delivered_at.is_(None),
+                                       LogoutDelivery.given_up_at.is_(None)),
+                sa.func.count().filter(LogoutDelivery.given_up_at.is_not(None)),
+            )
+        ).one()
+        lines.append(
+            "# HELP idp_backchannel_pending Back-channel logout notices not yet delivered\n"
+            "# TYPE idp_backchannel_pending gauge\n"
+            f"idp_backchannel_pending {pending}\n"
+            "# HELP idp_backchannel_given_up Back-channel logout notices given up\n"
+            "# TYPE idp_backchannel_given_up gauge\n"
+            f"idp_backchannel_given_up {failed}\n"
+        )
+    except sa.exc.SQLAlchemyError:
+        db.session.rollback()
+    return Response("".join(lines), mimetype=CONTENT_TYPE_LATEST)
+
+
+class RequestContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            record.request_id = g.get("request_id", "-")
+        except RuntimeError:
+            record.request_id = "-"
+        return True
+
+
+def setup_logging() -> None:
+    """JSON lines on stderr for the idp loggers (once per process)."""
+    root = logging.getLogger("idp")
+    if getattr(root, "_idp_configured", False):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter(
+        "{asctime}{levelname}{name}{message}{request_id}", style="{",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+    ))
+    handler.addFilter(RequestContextFilter())
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    root._idp_configured = True
+
+
+def install(app: Flask) -> None:
+    setup_logging()
+    app.register_blueprint(bp)
+
+    @app.before_request
+    def start_timer():
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming[:64] if incoming.isprintable() and incoming else \
+            secrets.token_hex(8)
+
+    @app.after_request
+    def observe(response):
+        endpoint = request.endpoint or "unmatched"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        LATENCY.labels(endpoint).observe(elapsed)
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        if app.config.get("ACCESS_LOG"):
+            access_log.info("request", extra={
+                "method": request.method, "path": request.path, "status": response.status_code,
+                "ms": round(elapsed * 1000, 2), "endpoint": endpoint,
+            })
+        return response
