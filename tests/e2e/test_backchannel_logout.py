@@ -102,7 +102,7 @@ class World:
     photos: RelyingParty
     mail: RelyingParty
     notes: RelyingParty  # holds tokens but registered no back-channel URI
-    calendar: RelyingParty  # registered a URI but never holds tokens under the session
+    calendar: str  # registered a URI but never holds tokens under the session
     ada: str
     adam: str
 
@@ -162,7 +162,7 @@ class World:
 
     def verify(self, logout_token: str, rp: RelyingParty, *, sid: str, sub: str) -> dict:
         """Back-Channel Logout 1.0 §2.4 and §2.6, checked with the published JWKS only."""
-        keys = KeySet.import_key_set(httpx.get(f"{self.base}/.well-known/jwks.json").json())
+        keys = KeySet.import_key_set(rp.http.get(f"{self.base}/.well-known/jwks.json").json())
         token = jwt.decode(logout_token, keys, algorithms=["RS256", "ES256"])
         assert token.header["typ"] == "logout+jwt"
         jwt.JWTClaimsRegistry(
@@ -206,12 +206,13 @@ def make_world(live_server, settings, make_account, make_user, make_client):
 
         def client(name: str, uri: bool = True):
             bc = f"{receiver.url}/bc/{name.lower()}" if uri else None
-            return _rp(live_server, make_client(name, backchannel_logout_uri=bc,
-                                                redirect_uri=f"http://127.0.0.1:9/{name}/cb"))
+            registered = make_client(name, backchannel_logout_uri=bc,
+                                     redirect_uri=f"http://127.0.0.1:9/{name}/cb")
+            return registered if name == "Calendar" else _rp(live_server, registered)
 
         return World(live_server, live_server.clock, settings, receiver, port,
                      client("Photos"), client("Mail"), client("Notes", uri=False),
-                     client("Calendar"), ada, adam)
+                     client("Calendar").client_id, ada, adam)
 
     yield build
     for ctx in reversed(stack):
@@ -236,27 +237,31 @@ def signed_in_everywhere(world: World) -> tuple[Browser, dict[str, dict], str]:
 # -- every way a session ends: one valid logout token per client ---------------------------------------
 
 
-def end_by_user(world, browser, tokens, sid):
+def end_by_user(world, browser, tokens, sid, keep_alive):
     laptop = world.sign_in()
     world.confirm(laptop, f"/account/sessions/{sid}/end")
     return "ended_by_user"
 
 
-def end_by_admin(world, browser, tokens, sid):
+def end_by_admin(world, browser, tokens, sid, keep_alive):
     admin = world.sign_in(ADAM)
     world.confirm(admin, f"/admin/users/{world.ada}/sessions/{sid}/end")
     return "ended_by_admin"
 
 
-def end_by_expiry_check(world, browser, tokens, sid):
-    world.clock.advance(hours=2, seconds=1)
+def end_by_expiry_check(world, browser, tokens, sid, keep_alive):
+    world.clock.advance(hours=1)
+    keep_alive()  # the other session is in use; this one is idle
+    world.clock.advance(hours=1, seconds=1)
     refused = world.photos.refresh(tokens[world.photos.client_id]["refresh_token"])
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
     return "expired_idle"
 
 
-def end_by_sweep(world, browser, tokens, sid):
-    world.clock.advance(hours=2, seconds=1)
+def end_by_sweep(world, browser, tokens, sid, keep_alive):
+    world.clock.advance(hours=1)
+    keep_alive()
+    world.clock.advance(hours=1, seconds=1)
     with world.live.app.app_context():
         result = sessions.sweep(world.clock.now(), timedelta(days=30))
         db.session.remove()
@@ -264,7 +269,7 @@ def end_by_sweep(world, browser, tokens, sid):
     return "expired_idle"
 
 
-def end_by_logout_endpoint(world, browser, tokens, sid):
+def end_by_logout_endpoint(world, browser, tokens, sid, keep_alive):
     hint = tokens[world.photos.client_id]["id_token"]
     page = browser.go(f"{world.base}/oauth/end-session?id_token_hint={hint}")
     assert page.status_code == 200 and "You are signed out" in page.text
@@ -279,7 +284,12 @@ def test_each_way_a_session_ends_sends_one_logout_token_per_client(make_world, e
     other = obtain_tokens(world.photos, world.browser(), ADA)  # ada's second session
     sub = world.photos.verify_id_token(other["id_token"], None)["sub"]
 
-    reason = end(world, browser, tokens, sid)
+    def keep_alive():
+        refreshed = world.photos.refresh(other["refresh_token"])
+        assert refreshed.status_code == 200
+        other.update(refreshed.json())
+
+    reason = end(world, browser, tokens, sid, keep_alive)
     world.drain()
 
     assert world.session_row(sid).end_reason == reason
@@ -303,7 +313,7 @@ def test_each_way_a_session_ends_sends_one_logout_token_per_client(make_world, e
     assert world.run_due()["attempted"] == 0
     assert len(world.receiver.posts) == 2
     # The other session is untouched.
-    assert world.photos.introspect(other["access_token"]).json()["active"] is True
+    assert world.photos.introspect(other["refresh_token"]).json()["active"] is True
 
 
 # -- failures, retries, crashes ------------------------------------------------------------------------
