@@ -86,19 +86,29 @@ class FoundToken:
 
 
 def find_token(value: str, hint: str | None) -> FoundToken | None:
+    """The hint only orders the search (RFC 7662 §2.1): a wrong hint hides nothing."""
     if not value or len(value) > 16384:
         return None
-    cfg = config()
-    if hint != "refresh_token":
-        access = tokens.find_access_token(
-            value, keys=services().keys, issuer=cfg["ISSUER"], now=now()
-        )
-        if access is not None:
-            return FoundToken("access_token", access=access)
-    refresh = tokens.find_refresh(value)
-    if refresh is not None:
-        return FoundToken("refresh_token", refresh=refresh)
+    lookups = [_find_access, _find_refresh]
+    if hint == "refresh_token":
+        lookups.reverse()
+    for lookup in lookups:
+        found = lookup(value)
+        if found is not None:
+            return found
     return None
+
+
+def _find_access(value: str) -> FoundToken | None:
+    access = tokens.find_access_token(
+        value, keys=services().keys, issuer=config()["ISSUER"], now=now()
+    )
+    return FoundToken("access_token", access=access) if access is not None else None
+
+
+def _find_refresh(value: str) -> FoundToken | None:
+    refresh = tokens.find_refresh(value)
+    return FoundToken("refresh_token", refresh=refresh) if refresh is not None else None
 
 
 class IntrospectionEndpoint(_IntrospectionEndpoint):

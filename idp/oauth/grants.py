@@ -70,8 +70,12 @@ def _session_or_error(session: LoginSession | None) -> LoginSession:
     A session that just crossed a deadline is marked expired and committed first."""
     if session is None:
         raise InvalidGrantError("The session behind this grant no longer exists.")
-    reason = sessions.check(session, now())
-    if reason is not None:
+    if sessions.check(session, now()) is not None:
+        # Undo whatever this request claimed (a rotated refresh token would look like
+        # reuse on a retry), then record only the session's end.
+        session_id = session.id
+        db.session.rollback()
+        sessions.check(db.session.get(LoginSession, session_id), now())
         db.session.commit()
         raise InvalidGrantError("The login session behind this grant has ended.")
     if session.user.disabled_at is not None:
@@ -194,7 +198,12 @@ class OpenIDCode(_OpenIDCode):
             "exp": issued + int(config()["ID_TOKEN_LIFETIME"].total_seconds()),
             "sid": principal.session.id,
         }
-        claims.update(self.get_authorization_code_claims(request.authorization_code))
+        code = getattr(request, "authorization_code", None)
+        if code is not None:
+            claims.update(self.get_authorization_code_claims(code))
+        else:  # device flow: the session says when and how the user signed in
+            claims["auth_time"] = int(principal.session.created_at.timestamp())
+            claims["amr"] = list(principal.session.amr or [])
         at_hash = create_half_hash(token["access_token"], alg)
         claims["at_hash"] = at_hash.decode()
         claims.update(user_info(principal.user, token["scope"]))
@@ -265,3 +274,10 @@ class DeviceCodeGrant(_DeviceCodeGrant):
 
     def should_slow_down(self, credential):  # pragma: no cover - replaced above
         raise NotImplementedError
+
+
+class DeviceOpenID(OpenIDCode):
+    """ID tokens for the device grant when ``openid`` was asked for (no nonce there)."""
+
+    def __call__(self, grant):
+        grant.register_hook("after_create_token_response", self.process_token)

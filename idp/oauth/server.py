@@ -25,6 +25,7 @@ from .grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
     DeviceCodeGrant,
+    DeviceOpenID,
     OpenIDCode,
     Principal,
     RefreshTokenGrant,
@@ -107,7 +108,7 @@ def build(app: Flask) -> AuthorizationServer:
     )
     server.register_grant(RefreshTokenGrant)
     server.register_grant(ClientCredentialsGrant)
-    server.register_grant(DeviceCodeGrant)
+    server.register_grant(DeviceCodeGrant, [DeviceOpenID()])
     server.register_client_auth_method("private_key_jwt", PrivateKeyJWT())
     server.register_endpoint(DeviceAuthorizationEndpoint)
     server.register_endpoint(IntrospectionEndpoint)

@@ -210,6 +210,9 @@ def authorize():
             db.session.commit()
             return redirect(url_for("auth.login"), 303)
         client = grant.client
+        if "admin" in grant.request.scope.split() and principal.user.role not in ("owner", "admin"):
+            # Only administrators can hold the admin scope; others get the rest.
+            grant.request.scope = " ".join(s for s in grant.request.scope.split() if s != "admin")
         scope = grant.request.scope
         if "consent" in prompts or not _consented(principal, client, scope):
             if "none" in prompts:

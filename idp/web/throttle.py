@@ -91,7 +91,7 @@ def setup(app: Flask) -> None:
         key_func=client_ip,
         app=app,
         storage_uri=config["RATELIMIT_STORAGE_URI"],
-        strategy="moving-window",
+        strategy="fixed-window",
         headers_enabled=True,
         swallow_errors=True,  # a dead Redis must not take sign-in down with it
         in_memory_fallback_enabled=True,
