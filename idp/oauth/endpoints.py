@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
 from authlib.integrations.flask_oauth2 import ResourceProtector
 from authlib.oauth2.rfc6749.errors import InvalidClientError, UnauthorizedClientError
 from authlib.oauth2.rfc6750 import BearerTokenValidator as _BearerTokenValidator
@@ -263,18 +264,24 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         self.verify_claims(token.claims)
         return token.claims
 
+    def __call__(self, query_client, request):
+        try:
+            return super().__call__(query_client, request)
+        except InvalidClientError as error:
+            error.status_code = 401  # like a wrong secret (RFC 6749 §5.2)
+            raise
+
     def validate_jti(self, claims: dict, jti: str) -> bool:
+        """Recorded in its own committed transaction: a request that fails later (and
+        rolls back) must not make its assertion usable again."""
         if not isinstance(jti, str) or len(jti) > 128:
             return False
         key = f"{claims['sub']}:{jti}"
-        if db.session.get(UsedAssertion, key) is not None:
-            return False
         expires = datetime.fromtimestamp(int(claims["exp"]), tz=UTC)
-        db.session.add(UsedAssertion(key=key, expires_at=expires))
         try:
-            db.session.flush()
+            with db.engine.begin() as connection:
+                connection.execute(sa.insert(UsedAssertion).values(key=key, expires_at=expires))
         except IntegrityError:
-            db.session.rollback()
             return False
         return True
 

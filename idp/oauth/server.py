@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
+from authlib.oauth2 import OAuth2Error
 from flask import Flask
+from flask import request as flask_request
 
 from .. import tokens
 from ..models import Client, db
@@ -83,6 +85,8 @@ def generate_token(
         expires_in=lifetime,
     )
     claims["scope"] = family.scope if scope is None else scope
+    audience = [family.client_id, *resource_servers(flask_request.form.getlist("resource"))]
+    claims["aud"] = audience[0] if len(audience) == 1 else audience
     token = {
         "token_type": "Bearer",
         "access_token": services().keys.sign(
@@ -96,6 +100,29 @@ def generate_token(
             family, now=current, lifetime=cfg["REFRESH_TOKEN_LIFETIME"]
         )
     return token
+
+
+class InvalidTargetError(OAuth2Error):
+    """RFC 8707 §2: a resource this server does not know."""
+
+    error = "invalid_target"
+
+
+def resource_servers(resources: list[str]) -> list[str]:
+    """RFC 8707 resource indicators name registered resource servers (by client id);
+    their ids join the access token's audience so they may introspect it."""
+    if not resources:
+        return []
+    if len(resources) > 5:
+        raise InvalidTargetError("Too many resource indicators.")
+    known = set(db.session.scalars(
+        sa.select(Client.client_id).where(Client.client_id.in_(resources),
+                                          Client.resource_server.is_(True),
+                                          Client.disabled_at.is_(None))))
+    unknown = [r for r in resources if r not in known]
+    if unknown:
+        raise InvalidTargetError("Unknown resource: register it as a resource server.")
+    return list(dict.fromkeys(resources))
 
 
 def build(app: Flask) -> AuthorizationServer:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
-from limits import RateLimitItemPerSecond, parse
+from limits import RateLimitItemPerSecond, parse, parse_many
+from werkzeug.exceptions import TooManyRequests
 
 from ..runtime import client_ip
 
@@ -107,13 +108,25 @@ def setup(app: Flask) -> None:
 
 @contextmanager
 def limit(rule_setting: str, key: str | None = None, scope: str | None = None):
-    """Apply ``config[rule_setting]`` here; over it, Flask-Limiter answers 429 with
-    Retry-After (rendered by the app's error handler in the caller's format)."""
+    """Count one request against ``config[rule_setting]`` for ``key`` (the client IP by
+    default); over it, answer 429 with Retry-After in the caller's format. Uses the
+    limiter's storage and strategy directly: no per-request decorator bookkeeping."""
     limiter: Limiter = current_app.extensions["idp.limiter"]
-    rule = current_app.config[rule_setting]
-    with limiter.limit(rule, key_func=(lambda: key) if key else client_ip,
-                       scope=scope or rule_setting):
-        yield
+    rules = current_app.extensions.setdefault("idp.rules", {})
+    items = rules.get(rule_setting)
+    if items is None:
+        items = rules[rule_setting] = parse_many(current_app.config[rule_setting])
+    identity = key or client_ip()
+    try:
+        for item in items:
+            if not limiter.limiter.hit(item, scope or rule_setting, identity):
+                stats = limiter.limiter.get_window_stats(item, scope or rule_setting, identity)
+                raise TooManyRequests(retry_after=max(1, int(stats.reset_time - time.time())))
+    except TooManyRequests:
+        raise
+    except Exception:  # noqa: BLE001 - a dead Redis must not take the provider down
+        current_app.logger.warning("rate-limit storage unavailable; not limiting")
+    yield
 
 
 def login_throttle() -> LoginThrottle:

@@ -41,7 +41,8 @@ INACTIVE = {"active": False}
 def serving(wsgi_app):
     """A WSGI app on a loopback port in a thread; shut down and joined on exit."""
     server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"
@@ -84,8 +85,8 @@ class ResourceServer:
 def resource_server(rp: RelyingParty):
     api = ResourceServer(rp.metadata["introspection_endpoint"], rp.client_id, rp.client_secret)
     try:
-        with serving(api) as url:
-            yield Api(url, httpx.Client(timeout=10, trust_env=False))
+        with serving(api) as url, httpx.Client(timeout=10, trust_env=False) as http:
+            yield Api(url, http, api)
     finally:
         api.http.close()
 
@@ -94,10 +95,16 @@ def resource_server(rp: RelyingParty):
 class Api:
     url: str
     http: httpx.Client
+    server: ResourceServer
 
     def call(self, access_token: str) -> int:
         return self.http.get(f"{self.url}/photos",
                              headers={"Authorization": f"Bearer {access_token}"}).status_code
+
+    @property
+    def last_answer(self) -> dict:
+        """What introspection told the resource server on its last call."""
+        return self.server.seen[-1]
 
 
 def unverified(token: str) -> dict:
@@ -408,6 +415,7 @@ def test_api_refuses_tokens_once_the_user_ends_the_session_on_the_sessions_page(
         ended = world.confirm(laptop, f"/account/sessions/{sid_of(on_phone)}/end")
         assert "Ended the session on" in ended.text
         assert api.call(on_phone["access_token"]) == 401
+        assert api.last_answer == INACTIVE
         assert api.call(on_laptop["access_token"]) == 200  # the other session is untouched
         # The laptop logs itself out from the same page.
         world.confirm(laptop, f"/account/sessions/{sid_of(on_laptop)}/end")
@@ -425,6 +433,7 @@ def test_api_refuses_tokens_once_an_administrator_ends_the_session(world):
         done = world.confirm(admin, f"/admin/users/{world.ada}/sessions/{sid_of(token)}/end")
         assert f"Ended {ADA}&#39;s session" in done.text
         assert api.call(token["access_token"]) == 401
+        assert api.last_answer == INACTIVE
         assert api.call(kept["access_token"]) == 200
     assert world.session_row(sid_of(token)).end_reason == "ended_by_admin"
 
@@ -441,6 +450,7 @@ def test_api_refuses_tokens_once_the_policy_expires_the_session(world):
         assert api.call(still["access_token"]) == 200
         world.clock.advance(timedelta(hours=2, seconds=1))  # idle past the 2 h timeout
         assert api.call(still["access_token"]) == 401
+        assert api.last_answer == INACTIVE
     assert world.session_row(sid).ended_at is None  # no sweep, no write needed
 
 
@@ -453,4 +463,36 @@ def test_api_refuses_tokens_once_the_rp_logs_the_user_out(world):
                           f"id_token_hint={token['id_token']}")
         assert page.status_code == 200 and "You are signed out" in page.text
         assert api.call(token["access_token"]) == 401
+        assert api.last_answer == INACTIVE
     assert world.session_row(sid_of(token)).end_reason == "logout"
+
+
+def test_a_resource_indicator_puts_the_resource_server_in_the_audience(
+        live_server, make_user, make_client):
+    """RFC 8707: ``resource=<resource server client_id>`` at the token endpoint adds it to
+    ``aud``; that resource server may then introspect the token; unknown ones are refused."""
+    import httpx
+
+    from tests.flows import obtain_tokens
+    from tests.relying_party import Browser, RelyingParty
+
+    make_user("ada@example.com")
+    app_client = make_client("Photos")
+    api = make_client("Photos API", resource_server=True, redirect_uri="https://api.example/unused")
+    rp = RelyingParty(live_server.url, app_client.client_id, app_client.client_secret,
+                      app_client.redirect_uri)
+    tokens = obtain_tokens(rp, Browser(live_server.url))
+    as_api = (api.client_id, api.client_secret)
+    assert rp.introspect(tokens["access_token"], auth=as_api).json() == {"active": False}
+    refreshed = httpx.post(rp.metadata["token_endpoint"], data={
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+        "resource": api.client_id}, auth=(app_client.client_id, app_client.client_secret))
+    assert refreshed.status_code == 200, refreshed.text
+    access = refreshed.json()["access_token"]
+    assert api.client_id in rp.verify_access_token(access)[1]["aud"]
+    assert rp.introspect(access, auth=as_api).json()["active"] is True
+    unknown = httpx.post(rp.metadata["token_endpoint"], data={
+        "grant_type": "refresh_token", "refresh_token": refreshed.json()["refresh_token"],
+        "resource": "https://nowhere.example"},
+        auth=(app_client.client_id, app_client.client_secret))
+    assert unknown.status_code == 400 and unknown.json()["error"] == "invalid_target"

@@ -10,6 +10,7 @@ to prove that nothing changed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 import secrets
@@ -26,6 +27,7 @@ from tests.conftest import PASSWORD, RegisteredClient
 CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 CHROME = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
           "(KHTML, like Gecko) Chrome/124.0 Safari/537.36")
+ACCEPT_HTML = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"  # as browsers send
 ADA = "ada@example.com"
 BOB = "bob@example.com"
 COOKIE = "idp_session"  # the login-session cookie (loopback issuer: no __Host- prefix)
@@ -63,7 +65,7 @@ class Browser:
         self.remote_addr = remote_addr
 
     def _headers(self, headers: dict | None) -> dict:
-        return {"User-Agent": self.user_agent, **(headers or {})}
+        return {"User-Agent": self.user_agent, "Accept": ACCEPT_HTML, **(headers or {})}
 
     def get(self, url: str, headers: dict | None = None, **kwargs):
         return self.http.get(url, headers=self._headers(headers),
@@ -124,7 +126,7 @@ class Party:
                       **extra) -> str:
         params = {"response_type": "code", "client_id": self.client_id,
                   "redirect_uri": self.redirect_uri, "scope": scope, "state": "st-123",
-                  "nonce": "n-456"}
+                  "nonce": secrets.token_urlsafe(12)}
         if challenge:
             params.update(code_challenge=challenge, code_challenge_method="S256")
         params.update(extra)
@@ -183,6 +185,45 @@ class Party:
 
     def userinfo(self, access_token: str):
         return self.http.get("/userinfo", headers={"Authorization": f"Bearer {access_token}"})
+
+
+# -- storage failures on demand --------------------------------------------------------------
+
+
+class Outage:
+    """Fails the n-th SQL statement sent by the app (or every one from the n-th on) with
+    the driver's own OperationalError, as a dropped connection or full disk would."""
+
+    def __init__(self, app):
+        with app.app_context():
+            self.engine = db.engine
+        self.dbapi_error = self.engine.dialect.loaded_dbapi.OperationalError
+        self.fail_at: int | None = None
+        self.sticky = False
+        self.seen = 0
+        sa.event.listen(self.engine, "before_cursor_execute", self._before)
+
+    def _before(self, conn, cursor, statement, parameters, context, executemany):
+        self.seen += 1
+        if self.fail_at is not None and (self.seen == self.fail_at or
+                                         (self.sticky and self.seen > self.fail_at)):
+            raise self.dbapi_error("simulated outage: could not write to the database")
+
+    @contextlib.contextmanager
+    def at(self, n: int | None, *, sticky: bool = False):
+        self.fail_at, self.sticky, self.seen = n, sticky, 0
+        try:
+            yield self
+        finally:
+            self.fail_at, self.sticky = None, False
+
+    def count(self, call) -> int:
+        with self.at(None):
+            call()
+            return self.seen
+
+    def close(self):
+        sa.event.remove(self.engine, "before_cursor_execute", self._before)
 
 
 # -- database readers --------------------------------------------------------------------------
