@@ -202,7 +202,7 @@ def live_server(settings, clock, backend):
     url = f"http://127.0.0.1:{server.server_port}"
     app = create_app({**settings, "ISSUER": url}, clock=clock)
     dispatch.app = app
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield LiveServer(url, app, clock)
     server.shutdown()

@@ -22,7 +22,7 @@ def node_b(live_server, settings, clock):
     app = create_app({**settings, "ISSUER": live_server.url, "KEYS_RELOAD_INTERVAL": 0},
                      clock=clock)
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}", app
     server.shutdown()
