@@ -10,6 +10,7 @@ attacker which accounts exist.
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,9 +19,44 @@ from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from limits import RateLimitItemPerSecond, parse, parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from werkzeug.exceptions import TooManyRequests
 
 from ..runtime import client_ip
+
+
+class ResilientStrategy:
+    """The limiter's strategy, falling back to this node's memory while the shared
+    store (Redis) is unreachable, so a dead Redis neither stops sign-in nor lifts the
+    limits; the shared store is tried again after ``retry`` seconds."""
+
+    def __init__(self, primary, retry: float = 30.0):
+        self.primary = primary
+        self.fallback = MovingWindowRateLimiter(MemoryStorage())
+        self.retry = retry
+        self.down_until = 0.0
+
+    def _call(self, name: str, *args, **kwargs):
+        if time.monotonic() >= self.down_until:
+            try:
+                return getattr(self.primary, name)(*args, **kwargs)
+            except Exception:  # noqa: BLE001 - any storage failure
+                logging.getLogger("idp").warning("rate-limit storage unreachable; using memory")
+                self.down_until = time.monotonic() + self.retry
+        return getattr(self.fallback, name)(*args, **kwargs)
+
+    def hit(self, *args, **kwargs):
+        return self._call("hit", *args, **kwargs)
+
+    def test(self, *args, **kwargs):
+        return self._call("test", *args, **kwargs)
+
+    def get_window_stats(self, *args, **kwargs):
+        return self._call("get_window_stats", *args, **kwargs)
+
+    def clear(self, *args, **kwargs):
+        return self._call("clear", *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -34,15 +70,12 @@ class LoginThrottle:
     1, 2, 4, … seconds; after ``max_failures`` within ``window`` the account is locked
     until the window has passed or an administrator clears it."""
 
-    def __init__(self, limiter: Limiter, *, max_failures: int, window: int, delay_after: int = 2):
-        self.limiter = limiter
+    def __init__(self, strategy: ResilientStrategy, *, max_failures: int, window: int,
+                 delay_after: int = 2):
+        self.strategy = strategy
         self.failures = parse(f"{max_failures} per {window} seconds")
         self.max_failures = max_failures
         self.delay_after = delay_after
-
-    @property
-    def strategy(self):
-        return self.limiter.limiter
 
     def _delay_item(self, count: int):
         return RateLimitItemPerSecond(1, 2 ** (count - self.delay_after))
@@ -98,9 +131,11 @@ def setup(app: Flask) -> None:
         in_memory_fallback_enabled=True,
         key_prefix="idp",
     )
+    strategy = ResilientStrategy(limiter.limiter)
     app.extensions["idp.limiter"] = limiter
+    app.extensions["idp.limits"] = strategy
     app.extensions["idp.login_throttle"] = LoginThrottle(
-        limiter,
+        strategy,
         max_failures=config["LOGIN_MAX_FAILURES"],
         window=int(config["LOGIN_LOCKOUT"].total_seconds()),
     )
@@ -111,21 +146,16 @@ def limit(rule_setting: str, key: str | None = None, scope: str | None = None):
     """Count one request against ``config[rule_setting]`` for ``key`` (the client IP by
     default); over it, answer 429 with Retry-After in the caller's format. Uses the
     limiter's storage and strategy directly: no per-request decorator bookkeeping."""
-    limiter: Limiter = current_app.extensions["idp.limiter"]
+    strategy: ResilientStrategy = current_app.extensions["idp.limits"]
     rules = current_app.extensions.setdefault("idp.rules", {})
     items = rules.get(rule_setting)
     if items is None:
         items = rules[rule_setting] = parse_many(current_app.config[rule_setting])
     identity = key or client_ip()
-    try:
-        for item in items:
-            if not limiter.limiter.hit(item, scope or rule_setting, identity):
-                stats = limiter.limiter.get_window_stats(item, scope or rule_setting, identity)
-                raise TooManyRequests(retry_after=max(1, int(stats.reset_time - time.time())))
-    except TooManyRequests:
-        raise
-    except Exception:  # noqa: BLE001 - a dead Redis must not take the provider down
-        current_app.logger.warning("rate-limit storage unavailable; not limiting")
+    for item in items:
+        if not strategy.hit(item, scope or rule_setting, identity):
+            stats = strategy.get_window_stats(item, scope or rule_setting, identity)
+            raise TooManyRequests(retry_after=max(1, int(stats.reset_time - time.time())))
     yield
 
 
