@@ -41,6 +41,8 @@ def create_app(overrides: dict | None = None, *, clock: Clock | None = None) -> 
     )
     app.debug = False  # never from configuration: `idp serve --dev` is the only way
     app.logger.setLevel(logging.INFO)
+    # Authlib logs issued tokens at DEBUG ("Issue token …"): never let that through.
+    logging.getLogger("authlib").setLevel(logging.INFO)
     _setup_database(app)
     _setup_services(app, settings, clock or Clock())
     from .web import register

@@ -93,7 +93,13 @@ def create_user(
 
 def _check_uri(uri: str, *, what: str, web_only: bool = False) -> str:
     """Absolute, no fragment; https, or plain http only to a loopback host (RFC 8252 §7.3)."""
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise AccountError(f"{what} is not a valid URI: {uri!r}") from None
+    if len(uri) > 500 or any(ord(c) < 33 for c in uri):
+        raise AccountError(f"{what} must be at most 500 characters, without spaces: {uri!r}")
     if parts.fragment or "#" in uri:
         raise AccountError(f"{what} must not contain a fragment: {uri}")
     if parts.scheme == "https" and parts.hostname:

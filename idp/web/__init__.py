@@ -33,6 +33,8 @@ MESSAGES = {
 
 
 def wants_json() -> bool:
+    if request.path == "/oauth/end-session":
+        return False  # a page people see
     if request.path.startswith(("/api/", "/oauth/", "/.well-known/", "/userinfo")):
         return True
     best = request.accept_mimetypes.best_match(["application/json", "text/html"])

@@ -239,7 +239,10 @@ def get_policy():
 @admin_only
 def put_policy():
     """Change the policy; ``?dry_run=true`` only reports what it would do."""
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # deeply nested JSON
+        body = None
     if not isinstance(body, dict):
         return api_error(400, "invalid_request", "Send a JSON object.")
     account = g.user.account

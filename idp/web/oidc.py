@@ -138,6 +138,21 @@ def _error(error: OAuth2Error, state: str | None = None):
     ), 400
 
 
+def _unsupported_response_type(params, state):
+    """RFC 6749 §4.1.2.1: to the client only once its redirect URI is validated."""
+    client = _server().query_client(params.get("client_id", ""))
+    redirect_uri = None
+    if client is not None:
+        requested = params.get("redirect_uri")
+        if requested:
+            redirect_uri = requested if client.check_redirect_uri(requested) else None
+        else:
+            redirect_uri = client.get_default_redirect_uri()
+    error = InvalidRequestError("Only response_type=code is supported.", redirect_uri=redirect_uri)
+    error.error = "unsupported_response_type"
+    return _error(error, state)
+
+
 def _needs_login(principal_session, params) -> bool:
     if principal_session is None:
         return True
@@ -186,7 +201,13 @@ def authorize():
     live = current.login_session()
     principal = Principal(live.user, live) if live else None
     try:
-        grant = _server().get_consent_grant(end_user=principal)
+        if params.get("response_type") != "code":
+            return _unsupported_response_type(params, state)
+        try:
+            grant = _server().get_consent_grant(end_user=principal)
+        except ValueError:
+            # Authlib refuses to echo hostile input into an error description.
+            return _error(InvalidRequestError("The request has invalid parameters."), state)
         redirect_uri = grant.redirect_uri
         if "request" in params or "request_uri" in params:
             code = "request_not_supported" if "request" in params else "request_uri_not_supported"

@@ -15,6 +15,7 @@ import time
 
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask.logging import default_handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from pythonjsonlogger.json import JsonFormatter
@@ -93,6 +94,7 @@ class RequestContextFilter(logging.Filter):
 def setup_logging() -> None:
     """JSON lines on stderr for the idp loggers (once per process)."""
     root = logging.getLogger("idp")
+    root.removeHandler(default_handler)  # Flask's plain-text handler: one format only
     if getattr(root, "_idp_configured", False):
         return
     handler = logging.StreamHandler()

@@ -12,17 +12,23 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import os
 import re
 import secrets
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import sqlalchemy as sa
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from idp.models import LoginSession, TokenFamily, User, db
 from tests.conftest import PASSWORD, RegisteredClient
+
+# Hypothesis keeps caches (constants, examples) in a home directory; keep it out of the work tree.
+set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "idp-security-hypothesis"))
 
 CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 CHROME = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "

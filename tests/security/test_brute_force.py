@@ -178,3 +178,40 @@ def test_the_per_ip_limit_caps_guessing_across_accounts(settings, clock, backend
         with limited.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+def test_guessing_a_client_secret_is_rate_limited_per_client(settings, clock, backend, party):
+    limited = create_app({**settings, "TOKEN_RATE_LIMIT": "5 per minute",
+                          "INTROSPECTION_RATE_LIMIT": "5 per minute"}, clock=clock)
+    try:
+        victim, other = party("Photos"), party("Mail")
+        http = limited.test_client()
+        for path, data in (("/oauth/token", {"grant_type": "client_credentials"}),
+                           ("/oauth/introspect", {"token": "x"})):
+            statuses = [http.post(path, data=data, auth=(victim.client_id, f"guess-{i}")).status_code
+                        for i in range(7)]
+            assert statuses[:5] == [401] * 5, (path, statuses)
+            assert statuses[5:] == [429, 429], (path, statuses)
+            blocked = http.post(path, data=data, auth=(victim.client_id, "guess"))
+            assert blocked.mimetype == "application/json" and int(blocked.headers["Retry-After"]) > 0
+            # Other clients are not locked out by someone guessing at the victim.
+            assert http.post(path, data=data, auth=(other.client_id, "x")).status_code == 401
+    finally:
+        with limited.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def test_an_unreachable_rate_limit_store_falls_back_to_local_limits(settings, clock, backend, ada):
+    """IDP_RATELIMIT_STORAGE_URI=redis://… shares counters between nodes; when Redis is down
+    sign-in keeps working and each node still throttles on its own in-memory counters."""
+    app = create_app({**settings, "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:1/0"}, clock=clock)
+    try:
+        assert Browser(app, remote_addr="192.0.2.77").login(ADA).status_code == 303
+        b = Browser(app, remote_addr="192.0.2.78")
+        statuses = [attempt(b, ADA).status_code for _ in range(3)]
+        assert statuses == [401, 401, 429], statuses
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()

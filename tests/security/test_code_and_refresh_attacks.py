@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from idp.models import TokenFamily, db
-from tests.security.conftest import ADA, Grant, audit_events, pkce_pair, read
+from tests.security.conftest import ADA, Browser, Grant, audit_events, pkce_pair, query_of, read
 
 
 @pytest.fixture
@@ -253,3 +253,50 @@ def test_client_credentials_cannot_obtain_user_scopes(party):
     for scope in ("openid", "sessions", "admin", "profile email"):
         response = batch.token({"grant_type": "client_credentials", "scope": scope})
         assert response.status_code == 400 and error_of(response) == "invalid_scope", scope
+
+
+# -- no token outlives its session; no offline_access -----------------------------------------
+
+
+def test_offline_access_is_not_offered_and_cannot_be_obtained(world):
+    photos, _, browser = world
+    discovery = photos.http.get("/.well-known/openid-configuration").get_json()
+    assert "offline_access" not in discovery["scopes_supported"]
+    for scope in ("openid offline_access", "offline_access", "openid profile offline_access"):
+        response = browser.get(photos.authorize_url(scope=scope))
+        params = query_of(response.headers["Location"])
+        assert params.get("error") == "invalid_scope" and "code" not in params, scope
+
+
+def test_tokens_never_outlive_their_session(app, clock, make_account, make_user, party):
+    import jwt
+
+    short = make_account("short", max_session_duration=300, idle_timeout=300)
+    make_user("sam@example.com", account_id=short)
+    photos = party("Photos")
+    browser = Browser(app)
+    browser.login("sam@example.com")
+    started = clock.now()
+    tokens = photos.tokens(browser)
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    assert claims["exp"] <= started.timestamp() + 300  # capped by the 5-minute session
+    assert tokens["expires_in"] <= 300
+    refresh = photos.introspect(tokens["refresh_token"]).get_json()
+    assert refresh["active"] and refresh["exp"] <= started.timestamp() + 300
+    clock.advance(seconds=299)
+    assert photos.active(tokens["access_token"])
+    clock.advance(seconds=1)
+    assert not photos.active(tokens["access_token"])
+    assert not photos.active(tokens["refresh_token"])
+    assert error_of(photos.refresh(tokens["refresh_token"])) == "invalid_grant"
+    assert photos.userinfo(tokens["access_token"]).status_code == 401
+
+
+def test_ending_the_session_kills_every_token_at_once(world):
+    photos, mail, browser = world
+    first, second = photos.tokens(browser), mail.tokens(browser)
+    browser.post(f"/account/sessions/{browser.sid}/end", data={"csrf_token": browser.csrf()})
+    for rp, tokens in ((photos, first), (mail, second)):
+        assert not rp.active(tokens["access_token"]) and not rp.active(tokens["refresh_token"])
+        assert error_of(rp.refresh(tokens["refresh_token"])) == "invalid_grant"
+        assert rp.userinfo(tokens["access_token"]).status_code == 401

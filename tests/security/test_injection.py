@@ -99,7 +99,8 @@ def test_the_sign_in_form_takes_hostile_emails_and_passwords(world):
                        {"email": payload, "password": payload}):
             response = b.post("/login", data={"csrf_token": token, **fields})
             found.check(f"login {fields!r:.120}", response, "html")
-            assert response.status_code != 303, fields
+            if response.status_code == 303:
+                found.wrong[f"login {fields!r:.120} signed in"] = "303"
         found.check(f"login csrf {short(payload)}",
                     b.post("/login", data={"csrf_token": payload, "email": ADA,
                                            "password": "x"}), "html")
@@ -193,7 +194,8 @@ def test_the_token_endpoint_takes_hostile_credentials_grants_and_tokens(world):
         for auth in ((payload, "secret"), (rp.client_id, payload), (payload, payload)):
             response = rp.token({"grant_type": "refresh_token", "refresh_token": "x"}, auth=auth)
             found.check(f"token auth {auth!r:.120}", response, "json")
-            assert response.status_code == 401
+            if response.status_code != 401:
+                found.wrong[f"token auth {auth!r:.120} (expected 401)"] = str(response.status_code)
         found.check(f"token post-auth {short(payload)}", rp.token({
             "grant_type": "refresh_token", "refresh_token": "x", "client_id": payload,
             "client_secret": payload}, auth=False), "json")

@@ -323,3 +323,31 @@ def test_a_clock_moved_back_after_a_refresh_found_the_session_expired(app, clock
     assert photos.refresh(tokens["refresh_token"]).get_json()["error"] == "invalid_grant"
     assert not photos.active(tokens["access_token"])
     assert browser.get("/account/sessions").headers["Location"] == "/login"
+
+
+# -- debug is impossible in production ------------------------------------------------------------
+
+
+def test_debug_cannot_be_switched_on_by_configuration(settings, clock, monkeypatch):
+    monkeypatch.setenv("FLASK_DEBUG", "1")
+    monkeypatch.setenv("IDP_DEBUG", "1")
+    app = create_app({**settings, "DEBUG": True}, clock=clock)
+    try:
+        assert app.debug is False
+        assert not app.config.get("DEBUG")
+
+        @app.get("/__boom")
+        def boom():
+            raise RuntimeError("internal detail that must stay inside")
+
+        response = app.test_client().get("/__boom", headers={"Accept": "text/html"})
+        body = response.get_data(as_text=True)
+        assert response.status_code == 500
+        assert "Traceback" not in body and "internal detail" not in body
+        assert "Werkzeug Debugger" not in body and "__debugger__" not in body
+        assert app.test_client().get("/__boom?__debugger__=yes&cmd=resource&f=style.css") \
+            .status_code == 500
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
