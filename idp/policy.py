@@ -160,7 +160,7 @@ def decide_login(policy: SessionPolicy, active: list[LoginSession]) -> Decision:
     if policy.on_limit is OnLimit.DENY:
         return Decision(LoginDecision.DENY)
     excess = len(active) - limit + 1
-    oldest = sorted(active, key=lambda s: (s.last_active_at, s.created_at))[:excess]
+    oldest = sorted(active, key=lambda s: (s.last_active_at, s.created_at, s.id))[:excess]
     return Decision(LoginDecision.END_OLDEST, tuple(oldest))
 
 

@@ -39,7 +39,7 @@ SCOPES_SUPPORTED = ["openid", "profile", "email", "sessions", "admin"]
 
 class AuthorizationServer(_AuthorizationServer):
     def query_client(self, client_id: str) -> Client | None:
-        if not client_id or len(client_id) > 64:
+        if not client_id or len(client_id) > 64 or not client_id.isprintable():
             return None
         return db.session.scalar(
             sa.select(Client).where(Client.client_id == client_id, Client.disabled_at.is_(None))

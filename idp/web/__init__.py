@@ -64,6 +64,19 @@ def _oauth_code(status: int) -> str:
     }.get(status, "server_error")
 
 
+def _has_nul() -> bool:
+    """NUL is never valid in our inputs, and PostgreSQL refuses it in text columns."""
+    if "\x00" in request.path or b"%00" in request.query_string.lower() or \
+            b"\x00" in request.query_string:
+        return True
+    if "\x00" in request.headers.get("Authorization", ""):
+        return True
+    if request.method in ("POST", "PUT", "PATCH", "DELETE") and request.mimetype in (
+            "application/x-www-form-urlencoded", "multipart/form-data"):
+        return any("\x00" in key or "\x00" in value for key, value in request.form.items(multi=True))
+    return False
+
+
 def register(app: Flask) -> None:
     from . import account, admin, api, auth, device, filters, oidc, ops, throttle
 
@@ -102,8 +115,10 @@ def register(app: Flask) -> None:
         db.session.rollback()
         if isinstance(exc, HTTPException):
             return http_error(exc)
-        from sqlalchemy.exc import OperationalError
+        from sqlalchemy.exc import DataError, OperationalError
 
+        if isinstance(exc, DataError):  # a value the database refuses: the caller's input
+            return error_response(400)
         log.exception("unhandled error on %s %s", request.method, request.path)
         if isinstance(exc, OperationalError):
             return error_response(503)
@@ -114,6 +129,8 @@ def register(app: Flask) -> None:
         """Attacker-sized headers and URLs get a clean 400 before any work is done."""
         if len(request.headers.get("User-Agent", "")) > 8192 or len(request.query_string) > 32768:
             return error_response(400, "The request is too large.")
+        if _has_nul():
+            return error_response(400, "The request contains a NUL character.")
         return None
 
     @app.after_request

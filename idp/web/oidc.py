@@ -215,6 +215,9 @@ def authorize():
                                         redirect_uri=redirect_uri)
             error.error = code
             raise error
+        if len(params.get("nonce", "")) > 255 or len(params.get("state", "")) > 2048:
+            raise InvalidRequestError("'nonce' (255) or 'state' (2048) is too long.",
+                                      redirect_uri=redirect_uri)
         if params.get("response_mode", "query") != "query":
             raise InvalidRequestError("Only response_mode=query is supported.",
                                       redirect_uri=redirect_uri)
