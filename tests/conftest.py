@@ -57,13 +57,31 @@ def backend(request, tmp_path_factory, keys_dir) -> Backend:
         return Backend("sqlite", "", str(template))
     if not PG_URL:
         pytest.skip("PostgreSQL variant: set IDP_TEST_DATABASE_URL to run it (.ci/run does)")
-    engine = sa.create_engine(PG_URL)
+    url = _worker_database(PG_URL)
+    engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text("DROP SCHEMA public CASCADE"))
         conn.execute(sa.text("CREATE SCHEMA public"))
     engine.dispose()
-    _migrate(PG_URL, base, keys_dir)
-    return Backend("postgresql", PG_URL)
+    _migrate(url, base, keys_dir)
+    return Backend("postgresql", url)
+
+
+def _worker_database(url: str) -> str:
+    """Under pytest-xdist each worker gets a database of its own (``test_gw0``, …)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    parsed = sa.engine.make_url(url)
+    name = f"{parsed.database}_{worker}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                              {"n": name}).scalar()
+        if not exists:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return parsed.set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture
