@@ -92,6 +92,21 @@ def active_sessions(user_id: int, now: datetime, *, lock: bool = False) -> list[
     return [s for s in rows if policy_of(s).expiry_reason(s, now) is None]
 
 
+def members_with_active_counts(account: Account, now: datetime) -> list[tuple[User, int]]:
+    """The account's users (by email) and how many active sessions each has now."""
+    policy = SessionPolicy.of(account)
+    counts = dict(db.session.execute(
+        sa.select(LoginSession.user_id, sa.func.count())
+        .where(LoginSession.account_id == account.id, LoginSession.ended_at.is_(None),
+               LoginSession.created_at > now - policy.max_duration,
+               LoginSession.last_active_at > now - policy.idle_timeout)
+        .group_by(LoginSession.user_id)
+    ).all())
+    users = db.session.scalars(
+        sa.select(User).where(User.account_id == account.id).order_by(User.email)).all()
+    return [(user, counts.get(user.id, 0)) for user in users]
+
+
 def start(
     user: User,
     origin: Origin,

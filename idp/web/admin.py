@@ -115,18 +115,9 @@ def _own_user(sub: str) -> User:
 @admin_required
 def users():
     account = g.user.account
-    pol = SessionPolicy.of(account)
-    moment = now()
-    counts = dict(db.session.execute(
-        sa.select(LoginSession.user_id, sa.func.count())
-        .where(LoginSession.account_id == account.id, LoginSession.ended_at.is_(None),
-               LoginSession.created_at > moment - pol.max_duration,
-               LoginSession.last_active_at > moment - pol.idle_timeout)
-        .group_by(LoginSession.user_id)
-    ).all())
-    members = db.session.scalars(
-        sa.select(User).where(User.account_id == account.id).order_by(User.email)
-    ).all()
+    rows = sessions.members_with_active_counts(account, now())
+    members = [user for user, _ in rows]
+    counts = {user.id: count for user, count in rows}
     guard = throttle.login_throttle()
     locked = {u.id for u in members if guard.locked(u.email)}
     db.session.commit()

@@ -16,7 +16,7 @@ from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Response, g, jsonify, request
 
 from .. import policy, sessions
-from ..models import EndReason, LoginSession, Role, User, db
+from ..models import EndReason, Role, User, db
 from ..oauth.endpoints import resource_protector
 from ..policy import PolicyBounds, PolicyError, SessionPolicy
 from ..runtime import client_ip, config, now
@@ -282,22 +282,11 @@ def _member(sub: str) -> User | None:
 @requires("admin")
 @admin_only
 def admin_users():
-    account = g.user.account
-    pol = SessionPolicy.of(account)
-    moment = now()
-    counts = dict(db.session.execute(
-        sa.select(LoginSession.user_id, sa.func.count())
-        .where(LoginSession.account_id == account.id, LoginSession.ended_at.is_(None),
-               LoginSession.created_at > moment - pol.max_duration,
-               LoginSession.last_active_at > moment - pol.idle_timeout)
-        .group_by(LoginSession.user_id)
-    ).all())
-    users = db.session.scalars(
-        sa.select(User).where(User.account_id == account.id).order_by(User.email)).all()
+    rows = sessions.members_with_active_counts(g.user.account, now())
     return jsonify({"users": [
         {"sub": u.sub, "email": u.email, "name": u.name, "role": u.role,
-         "disabled": u.disabled_at is not None, "active_sessions": counts.get(u.id, 0)}
-        for u in users]})
+         "disabled": u.disabled_at is not None, "active_sessions": count}
+        for u, count in rows]})
 
 
 @bp.get("/admin/users/<sub>/sessions")
