@@ -182,9 +182,8 @@ def _gunicorn(host: str, port: int, workers: int) -> None:
             self.cfg.set("workers", workers)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("threads", 4)
-            self.cfg.set("accesslog", "/dev/stderr")  # stdout carries only --json output
+            self.cfg.set("accesslog", None)  # the app writes one JSON line per request
             self.cfg.set("control_socket_disable", True)
-            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms')
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("child_exit", _mark_worker_dead)
 
