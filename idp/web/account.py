@@ -7,7 +7,7 @@ from functools import wraps
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 
 from .. import accounts, audit, sessions
-from ..models import EndReason, LoginSession, db
+from ..models import EndReason, db
 from ..runtime import client_ip, config, now, services
 from . import current
 from .forms import ActionForm, PasswordForm
@@ -138,30 +138,41 @@ def _signed_out(message: str):
     return response
 
 
-def _others(live: LoginSession) -> list[sessions.SessionView]:
-    page = sessions.history(g.user, now(), retention=config()["SESSION_RETENTION"],
-                            only_active=True, limit=1000, events_per_session=0)
-    return [v for v in page.views if v.session.id != live.id]
+def active_views(user) -> list[sessions.SessionView]:
+    """The user's active sessions with their apps (what the bulk confirmations describe)."""
+    return sessions.history(user, now(), retention=config()["SESSION_RETENTION"],
+                            only_active=True, limit=1000, events_per_session=0).views
+
+
+def apps_of(views: list[sessions.SessionView]) -> list[sessions.AppGrant]:
+    """Each app once, whichever of the sessions it holds tokens under."""
+    return list({a.client_id: a for v in views for a in v.active_apps}.values())
+
+
+def _confirm_bulk(form, *, include_current: bool):
+    live = current.login_session()
+    views = [v for v in active_views(g.user) if include_current or v.session.id != live.id]
+    db.session.commit()
+    if include_current:
+        action, title = "End all sessions", "End all your sessions, including this one?"
+        summary = (f"Signs out all {_plural(len(views), 'session')}, this device included"
+                   f"{revokes_text(apps_of(views))}.")
+    else:
+        action, title = "End all other sessions", "End all your other sessions?"
+        summary = (f"Signs out {_plural(len(views), 'other session')}"
+                   f"{revokes_text(apps_of(views))}. This device stays signed in.")
+    return render_template("account/confirm.html", form=form, action=action, title=title,
+                           summary=summary, back=url_for("account.sessions_page"))
 
 
 @bp.route("/sessions/end-others", methods=["GET", "POST"])
 @login_required
 def end_others():
-    live = current.login_session()
     form = ActionForm()
     if request.method == "GET" or not form.validate_on_submit():
-        others = _others(live)
-        db.session.commit()
-        apps = {a.client_id: a for v in others for a in v.active_apps}
-        return render_template(
-            "account/confirm.html", form=form, action="End all other sessions",
-            title="End all your other sessions?",
-            summary=(f"Signs out {_plural(len(others), 'other session')}"
-                     f"{revokes_text(list(apps.values()))}. This device stays signed in."),
-            back=url_for("account.sessions_page"),
-        )
+        return _confirm_bulk(form, include_current=False)
     ended = sessions.end_all(g.user, EndReason.ENDED_ALL, now=now(), actor=f"user:{g.user.sub}",
-                             ip=client_ip(), keep=live.id)
+                             ip=client_ip(), keep=current.login_session().id)
     db.session.commit()
     flash(f"Ended {_plural(len(ended), 'other session')}. This device stays signed in.",
           "success")
@@ -171,22 +182,9 @@ def end_others():
 @bp.route("/sessions/end-all", methods=["GET", "POST"])
 @login_required
 def end_all():
-    live = current.login_session()
     form = ActionForm()
     if request.method == "GET" or not form.validate_on_submit():
-        others = _others(live)
-        db.session.commit()
-        apps = {a.client_id: a for v in others for a in v.active_apps}
-        mine = sessions.get_for_user(g.user, live.id, now())
-        apps.update({a.client_id: a for a in mine.active_apps})
-        total = len(others) + 1
-        return render_template(
-            "account/confirm.html", form=form, action="End all sessions",
-            title="End all your sessions, including this one?",
-            summary=(f"Signs out all {_plural(total, 'session')}, this device included"
-                     f"{revokes_text(list(apps.values()))}."),
-            back=url_for("account.sessions_page"),
-        )
+        return _confirm_bulk(form, include_current=True)
     ended = sessions.end_all(g.user, EndReason.ENDED_ALL, now=now(), actor=f"user:{g.user.sub}",
                              ip=client_ip())
     db.session.commit()

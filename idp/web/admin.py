@@ -16,7 +16,7 @@ from ..models import EndReason, LoginSession, LogoutAttempt, LogoutDelivery, Rol
 from ..policy import PolicyBounds, PolicyError, SessionPolicy
 from ..runtime import client_ip, config, now
 from . import current, throttle
-from .account import describe_target, login_required, revokes_text
+from .account import active_views, apps_of, describe_target, login_required, revokes_text
 from .forms import ActionForm
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -239,16 +239,14 @@ def end_user_sessions(sub: str):
     back = url_for("admin.user_sessions", sub=sub)
     form = ActionForm()
     if request.method == "GET" or not form.validate_on_submit():
-        page = sessions.history(user, now(), retention=config()["SESSION_RETENTION"],
-                                only_active=True, limit=1000, events_per_session=0)
+        views = active_views(user)
         db.session.commit()
-        apps = {a.client_id: a for v in page.views for a in v.active_apps}
-        count = len(page.views)
+        count = len(views)
         return render_template(
             "account/confirm.html", form=form, action="End all sessions",
             title=f"End all sessions of {user.email}?",
             summary=(f"Signs out {count} session{'s' if count != 1 else ''}"
-                     f"{revokes_text(list(apps.values()))}."),
+                     f"{revokes_text(apps_of(views))}."),
             back=back,
         )
     ended = sessions.end_all(user, EndReason.ENDED_BY_ADMIN, now=now(),
