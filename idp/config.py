@@ -41,7 +41,7 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "ID_TOKEN_LIFETIME": ("1h", "duration", "ID token lifetime (1 min - 24 h)"),
     "REFRESH_TOKEN_LIFETIME": ("720h", "duration", "Refresh token cap; never past its session's deadlines"),
     "CODE_LIFETIME": ("60s", "duration", "Authorization code lifetime (10 s - 10 min)"),
-    "ACCESS_TOKEN_ALG": ("RS256", "str", "Algorithm of JWT access tokens: RS256 or ES256"),
+    "ACCESS_TOKEN_ALG": ("ES256", "str", "Algorithm of JWT access tokens: ES256 or RS256"),
     "DEVICE_CODE_LIFETIME": ("10m", "duration", "How long a device login waits for approval"),
     "DEVICE_POLL_INTERVAL": ("5s", "duration", "Minimum seconds between two device-code polls"),
     # -- sessions and policy defaults for new accounts

@@ -3,7 +3,7 @@
 A family is what one authorization of one client produced under one session.
 Every access token (a JWT naming its family) and every refresh token belongs to
 one; revoking the family, or ending its session, makes all of them inactive at
-once. Introspection, refresh and userinfo all ask ``is_active`` (invariant 1).
+once. Introspection, refresh and userinfo all ask ``Holder.active`` (invariant 1).
 """
 
 from __future__ import annotations
@@ -14,16 +14,20 @@ from datetime import datetime, timedelta
 import jwt as pyjwt
 import sqlalchemy as sa
 from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from . import audit, passwords
 from .keys import KeyStore
 from .models import (
+    Account,
     AuthorizationCode,
     Client,
     LoginSession,
+    OnLimit,
     RefreshToken,
     RevokedAccessToken,
     TokenFamily,
+    User,
     db,
 )
 from .policy import SessionPolicy
@@ -47,22 +51,9 @@ def start_family(
     return family
 
 
-def session_alive(session: LoginSession | None, now: datetime) -> bool:
-    """Active under the account's current policy, whether or not anyone marked it."""
-    if session is None:
-        return True  # client-credentials families have no session
-    if session.ended_at is not None:
-        return False
-    return SessionPolicy.of(session.account).expiry_reason(session, now) is None
-
-
 def is_active(family: TokenFamily | None, now: datetime) -> bool:
     """The question every path asks: family not revoked and its session still active."""
-    if family is None or family.revoked_at is not None:
-        return False
-    if family.client.disabled_at is not None:
-        return False
-    return session_alive(family.session, now)
+    return family is not None and Holder.of(family).active(now)
 
 
 def session_deadline(session: LoginSession | None, now: datetime) -> datetime | None:
@@ -196,22 +187,32 @@ def issue_refresh(
 
 
 def find_refresh(value: str) -> RefreshToken | None:
+    """The token with its family, client, session, user and account: one query."""
     parts = passwords.split_token(value)
     if parts is None:
         return None
-    token = db.session.get(RefreshToken, parts[0])
+    token = db.session.get(RefreshToken, parts[0],
+                           options=[joinedload(RefreshToken.family).joinedload(TokenFamily.session)])
     if token is None or not passwords.verify_secret(parts[1], token.secret_hash):
         return None
     return token
 
 
-def claim_refresh(value: str, *, now: datetime, ip: str | None = None) -> Claim:
-    """Rotate: the first presentation wins; a rotated token presented again is reuse
-    and revokes the whole family (RFC 9700 §4.14.2). Two racing presentations of
-    one token: exactly one wins, the other is reuse (invariant 5)."""
+def present_refresh(value: str, *, now: datetime, ip: str | None = None) -> Claim:
+    """Look at a refresh token without using it up. A token presented again after
+    rotation is reuse and revokes the whole family (RFC 9700 §4.14.2)."""
     token = find_refresh(value)
     if token is None or token.expires_at <= now:
         return Claim()
+    if token.rotated_at is not None:
+        refresh_reused(token, now=now, ip=ip)
+        return Claim(reused=True)
+    return Claim(row=token)
+
+
+def rotate_refresh(token: RefreshToken, *, now: datetime) -> bool:
+    """Use the token up, atomically: of two racing presentations exactly one gets
+    True (invariant 5); the loser must treat its presentation as reuse."""
     claimed = db.session.execute(
         sa.update(RefreshToken)
         .where(RefreshToken.id == token.id, RefreshToken.rotated_at.is_(None))
@@ -219,8 +220,11 @@ def claim_refresh(value: str, *, now: datetime, ip: str | None = None) -> Claim:
         .execution_options(synchronize_session=False)
     ).rowcount
     if claimed:
-        token.rotated_at = now
-        return Claim(row=token)
+        set_committed_value(token, "rotated_at", now)
+    return bool(claimed)
+
+
+def refresh_reused(token: RefreshToken, *, now: datetime, ip: str | None) -> None:
     family = token.family
     revoked = revoke_family(family.id, "refresh_reuse", now=now)
     audit.record(
@@ -234,6 +238,14 @@ def claim_refresh(value: str, *, now: datetime, ip: str | None = None) -> Claim:
         ip=ip,
         family_revoked=revoked,
     )
+
+
+def claim_refresh(value: str, *, now: datetime, ip: str | None = None) -> Claim:
+    """Present and rotate in one step: the first presentation wins; any other is reuse."""
+    claim = present_refresh(value, now=now, ip=ip)
+    if claim.row is None or rotate_refresh(claim.row, now=now):
+        return claim
+    refresh_reused(claim.row, now=now, ip=ip)
     return Claim(reused=True)
 
 
@@ -242,12 +254,113 @@ def claim_refresh(value: str, *, now: datetime, ip: str | None = None) -> Claim:
 ACCESS_TOKEN_TYP = "at+jwt"
 
 
+@dataclass(frozen=True, slots=True)
+class HolderUser:
+    """The user claims a token may release (duck-types ``User`` for ``user_info``)."""
+
+    id: int
+    sub: str
+    email: str
+    name: str | None
+    email_verified: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """What a token's family stands on: family, client, session, policy and user, read
+    in one Core query. The hot paths (introspection, userinfo) never build ORM objects."""
+
+    family_id: str
+    client_id: str
+    scope: str
+    user_id: int | None
+    session_id: str | None
+    revoked_at: datetime | None
+    client_disabled_at: datetime | None
+    # The session (None for client-credentials families) and its account's policy.
+    ended_at: datetime | None = None
+    created_at: datetime | None = None
+    last_active_at: datetime | None = None
+    max_duration: int = 0
+    idle_timeout: int = 0
+    user: HolderUser | None = None
+
+    @classmethod
+    def of(cls, family: TokenFamily) -> Holder:
+        """The same view of an ORM family (refresh tokens, revocation)."""
+        session = family.session
+        base = dict(family_id=family.id, client_id=family.client_id, scope=family.scope,
+                    user_id=family.user_id, session_id=family.session_id,
+                    revoked_at=family.revoked_at, client_disabled_at=family.client.disabled_at)
+        if session is None:
+            return cls(**base)
+        user = session.user
+        return cls(**base, ended_at=session.ended_at, created_at=session.created_at,
+                   last_active_at=session.last_active_at,
+                   max_duration=session.account.max_session_duration,
+                   idle_timeout=session.account.idle_timeout,
+                   user=HolderUser(user.id, user.sub, user.email, user.name,
+                                   bool(user.email_verified), user.created_at))
+
+    def active(self, now: datetime) -> bool:
+        """Family not revoked, client not disabled, session not ended nor past a deadline
+        under its account's *current* policy (invariant 1, as ``is_active``)."""
+        if self.revoked_at is not None or self.client_disabled_at is not None:
+            return False
+        if self.session_id is None:
+            return True
+        if self.ended_at is not None:
+            return False
+        policy = SessionPolicy(timedelta(seconds=self.max_duration),
+                               timedelta(seconds=self.idle_timeout), None, OnLimit.DENY)
+        return policy.expiry_reason(self, now) is None
+
+
+def _holder_statement() -> sa.Select:
+    """Built once: family, client, session, account and user, plus a revoked-jti probe."""
+    f, c, s = TokenFamily.__table__.c, Client.__table__.c, LoginSession.__table__.c
+    a, u, r = Account.__table__.c, User.__table__.c, RevokedAccessToken.__table__.c
+    return (
+        sa.select(f.id, f.client_id, f.scope, f.user_id, f.session_id, f.revoked_at,
+                  c.disabled_at, s.ended_at, s.created_at, s.last_active_at,
+                  a.max_session_duration, a.idle_timeout, u.id, u.sub, u.email, u.name,
+                  u.email_verified, u.created_at, r.jti)
+        .select_from(TokenFamily.__table__)
+        .join(Client.__table__, c.client_id == f.client_id)
+        .outerjoin(LoginSession.__table__, s.id == f.session_id)
+        .outerjoin(Account.__table__, a.id == s.account_id)
+        .outerjoin(User.__table__, u.id == s.user_id)
+        .outerjoin(RevokedAccessToken.__table__, r.jti == sa.bindparam("jti"))
+        .where(f.id == sa.bindparam("family_id"))
+    )
+
+
+_HOLDER = _holder_statement()
+
+
+def load_holder(family_id: str, jti: str) -> tuple[Holder, bool] | None:
+    """The family's standing and whether this access token was revoked on its own."""
+    row = db.session.connection().execute(_HOLDER, {"family_id": family_id, "jti": jti}).first()
+    if row is None:
+        return None
+    (fid, client_id, scope, user_id, session_id, revoked_at, client_disabled_at, ended_at,
+     created_at, last_active_at, max_duration, idle_timeout, uid, sub, email, name, verified,
+     user_created_at, revoked_jti) = row
+    user = None if uid is None else HolderUser(uid, sub, email, name, bool(verified),
+                                               user_created_at)
+    holder = Holder(fid, client_id, scope, user_id, session_id, revoked_at, client_disabled_at,
+                    ended_at, created_at, last_active_at, max_duration or 0, idle_timeout or 0,
+                    user)
+    return holder, revoked_jti is not None
+
+
 @dataclass
 class AccessToken:
-    """A verified JWT access token and the family it names."""
+    """A verified JWT access token and what its family stands on."""
 
     claims: dict
-    family: TokenFamily | None
+    holder: Holder | None
     revoked: bool
 
     @property
@@ -259,9 +372,8 @@ class AccessToken:
         return self.claims["jti"]
 
     def active(self, now: datetime) -> bool:
-        return not self.revoked and self.claims["exp"] > now.timestamp() and is_active(
-            self.family, now
-        )
+        return (not self.revoked and self.holder is not None
+                and self.claims["exp"] > now.timestamp() and self.holder.active(now))
 
 
 def access_token_claims(
@@ -295,7 +407,7 @@ def access_token_claims(
 def find_access_token(
     value: str, *, keys: KeyStore, issuer: str, now: datetime
 ) -> AccessToken | None:
-    """Verify the signature and load the family and session in one query."""
+    """Verify the signature (cached per token) and read its family's standing in one query."""
     if value.count(".") != 2:
         return None
     try:
@@ -307,27 +419,21 @@ def find_access_token(
     family_id, jti = claims.get("fam"), claims.get("jti")
     if not isinstance(family_id, str) or not isinstance(jti, str) or "exp" not in claims:
         return None
-    row = db.session.execute(
-        sa.select(TokenFamily, RevokedAccessToken.jti)
-        .outerjoin(RevokedAccessToken, RevokedAccessToken.jti == jti)
-        .options(joinedload(TokenFamily.session))
-        .where(TokenFamily.id == family_id)
-    ).first()
-    if row is None:
+    found = load_holder(family_id, jti)
+    if found is None:
         return AccessToken(claims, None, True)
-    family, revoked_jti = row
-    return AccessToken(claims, family, revoked_jti is not None)
+    return AccessToken(claims, *found)
 
 
 def revoke_access_token(token: AccessToken, *, now: datetime) -> None:
-    if token.revoked or token.family is None:
+    if token.revoked or token.holder is None:
         return
     exists = db.session.get(RevokedAccessToken, token.jti)
     if exists is None:
         db.session.add(
             RevokedAccessToken(
                 jti=token.jti,
-                family_id=token.family.id,
+                family_id=token.holder.family_id,
                 expires_at=datetime.fromtimestamp(token.claims["exp"], tz=now.tzinfo),
                 revoked_at=now,
             )

@@ -32,7 +32,7 @@ def test_defaults_give_a_working_local_development_setup():
     assert settings["SESSION_RETENTION"] == timedelta(days=30)
     assert settings["ACTIVITY_WRITE_INTERVAL"] == timedelta(seconds=60)
     assert settings["CONCURRENT_SESSIONS_MAX"] == 1000
-    assert settings["ACCESS_TOKEN_ALG"] == "RS256"
+    assert settings["ACCESS_TOKEN_ALG"] == "ES256"
     assert settings["TRUSTED_PROXIES"] == 0
 
 
@@ -50,14 +50,14 @@ def test_idp_environment_variables_override_the_defaults():
             "IDP_SESSION_DURATION": "48h",
             "IDP_IDLE_TIMEOUT": "30m",
             "IDP_TRUSTED_PROXIES": "2",
-            "IDP_ACCESS_TOKEN_ALG": "ES256",
+            "IDP_ACCESS_TOKEN_ALG": "RS256",
         }
     )
     assert settings["ISSUER"] == "https://id.example.com"
     assert settings["SESSION_DURATION"] == timedelta(hours=48)
     assert settings["IDLE_TIMEOUT"] == timedelta(minutes=30)
     assert settings["TRUSTED_PROXIES"] == 2
-    assert settings["ACCESS_TOKEN_ALG"] == "ES256"
+    assert settings["ACCESS_TOKEN_ALG"] == "RS256"
     assert settings["INSECURE_COOKIES"] is False
 
 

@@ -31,7 +31,7 @@ from authlib.oidc.core.grants import OpenIDCode as _OpenIDCode
 from authlib.oidc.core.grants.util import create_half_hash
 
 from .. import passwords, sessions, tokens
-from ..models import AuthorizationCode, DeviceCode, LoginSession, TokenFamily, User, db
+from ..models import AuthorizationCode, DeviceCode, LoginSession, RefreshToken, TokenFamily, User, db
 from ..runtime import client_ip, config, now, services
 
 CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
@@ -129,7 +129,10 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str):
-        claim = tokens.claim_refresh(refresh_token, now=now(), ip=client_ip())
+        """Checked here, used up in ``revoke_old_credential``: all reads and the
+        signing happen first, so the write (SQLite's database lock, PostgreSQL's row
+        lock) lasts only for the few statements before the commit."""
+        claim = tokens.present_refresh(refresh_token, now=now(), ip=client_ip())
         if claim.reused:
             db.session.commit()
         elif claim.row is None:
@@ -151,7 +154,16 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return Principal(session.user, session, family)
 
     def revoke_old_credential(self, refresh_token) -> None:
-        """Already marked rotated by the atomic claim in ``authenticate_refresh_token``."""
+        """Rotate, atomically, as the last step. Losing a race to a concurrent
+        presentation of the same token makes this one reuse: nothing of this request
+        is kept, the family is revoked (RFC 9700 §4.14.2)."""
+        if tokens.rotate_refresh(refresh_token, now=now()):
+            return
+        token_id = refresh_token.id
+        db.session.rollback()
+        tokens.refresh_reused(db.session.get(RefreshToken, token_id), now=now(), ip=client_ip())
+        db.session.commit()
+        raise InvalidGrantError("The refresh token has already been used.")
 
 
 class S256CodeChallenge(CodeChallenge):

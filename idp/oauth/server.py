@@ -37,13 +37,15 @@ from .grants import (
 SCOPES_SUPPORTED = ["openid", "profile", "email", "sessions", "admin"]
 
 
+_ENABLED_CLIENT = sa.select(Client).where(Client.client_id == sa.bindparam("client_id"),
+                                          Client.disabled_at.is_(None))
+
+
 class AuthorizationServer(_AuthorizationServer):
     def query_client(self, client_id: str) -> Client | None:
         if not client_id or len(client_id) > 64 or not client_id.isprintable():
             return None
-        return db.session.scalar(
-            sa.select(Client).where(Client.client_id == client_id, Client.disabled_at.is_(None))
-        )
+        return db.session.scalar(_ENABLED_CLIENT, {"client_id": client_id})
 
     def save_token(self, token: dict, request) -> None:
         """Rows were added by the generator; nothing else to store (flush only)."""
@@ -115,10 +117,11 @@ def resource_servers(resources: list[str]) -> list[str]:
         return []
     if len(resources) > 5:
         raise InvalidTargetError("Too many resource indicators.")
-    known = set(db.session.scalars(
-        sa.select(Client.client_id).where(Client.client_id.in_(resources),
-                                          Client.resource_server.is_(True),
-                                          Client.disabled_at.is_(None))))
+    with db.session.no_autoflush:  # nothing pending bears on clients; keep writes for last
+        known = set(db.session.scalars(
+            sa.select(Client.client_id).where(Client.client_id.in_(resources),
+                                              Client.resource_server.is_(True),
+                                              Client.disabled_at.is_(None))))
     unknown = [r for r in resources if r not in known]
     if unknown:
         raise InvalidTargetError("Unknown resource: register it as a resource server.")

@@ -56,9 +56,8 @@ def requires(scope: str):
                 return api_error(401, "invalid_token", "The access token is expired, revoked "
                                  "or not valid.", {"WWW-Authenticate":
                                                    f'{realm}, error="invalid_token"'})
-            principal = token.get_user()
-            g.user = principal.user
-            g.current_sid = principal.session.id
+            g.user = db.session.get(User, token.holder.user_id)
+            g.current_sid = token.holder.session_id
             response = view(*args, **kwargs)
             response.headers["Cache-Control"] = "no-store"
             return response

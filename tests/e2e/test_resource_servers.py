@@ -18,7 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import ECKey, RSAKey
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
@@ -296,9 +296,11 @@ def test_unknown_malformed_and_foreign_tokens_are_inactive(world):
     real = unverified(token["access_token"])
     real_header = header_of(token["access_token"])
     rt_id, _, rt_secret = token["refresh_token"].partition(".")
-    stranger = RSAKey.generate_key(2048, parameters={"kid": real_header["kid"]})
+    stranger = (RSAKey.generate_key(2048, parameters={"kid": real_header["kid"]})
+                if real_header["alg"] == "RS256"
+                else ECKey.generate_key("P-256", parameters={"kid": real_header["kid"]}))
     jwks = world.live.app.extensions["idp"].keys.jwks(world.clock.now())
-    rsa_public = next(k for k in jwks["keys"] if k["kid"] == real_header["kid"])
+    our_public = next(k for k in jwks["keys"] if k["kid"] == real_header["kid"])
     candidates = {
         "garbage": "garbage",
         "dotted garbage": "a.b.c",
@@ -313,7 +315,7 @@ def test_unknown_malformed_and_foreign_tokens_are_inactive(world):
                                      stranger),
         "alg none": hand_signed({**real_header, "alg": "none"}, real, None),
         "HS256 keyed with the public key": hand_signed(
-            {**real_header, "alg": "HS256"}, real, json.dumps(rsa_public).encode()),
+            {**real_header, "alg": "HS256"}, real, json.dumps(our_public).encode()),
         "huge": "x" * 20000,
     }
     for name, value in candidates.items():
