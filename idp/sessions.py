@@ -196,14 +196,19 @@ def check(session: LoginSession, now: datetime) -> EndReason | None:
 def touch(session: LoginSession, now: datetime, ip: str, interval: timedelta) -> bool:
     """Record activity, at most one write per ``interval`` unless the IP changed.
     Time never moves backwards here: a clock set back cannot extend a session."""
+    values = activity(session, now, ip, interval)
+    for name, value in (values or {}).items():
+        setattr(session, name, value)
+    return values is not None
+
+
+def activity(session: LoginSession, now: datetime, ip: str, interval: timedelta) -> dict | None:
+    """The columns ``touch`` would write, or None when nothing needs writing."""
     if now <= session.last_active_at:
-        return False
+        return None
     if now - session.last_active_at < interval and ip == session.ip_last:
-        return False
-    session.last_active_at = now
-    session.updated_at = now
-    session.ip_last = ip
-    return True
+        return None
+    return {"last_active_at": now, "updated_at": now, "ip_last": ip}
 
 
 def end(

@@ -166,24 +166,25 @@ def claim_code(value: str, client_id: str, *, now: datetime, ip: str | None = No
 
 def issue_refresh(
     family: TokenFamily, *, now: datetime, lifetime: timedelta
-) -> tuple[str, RefreshToken]:
-    """A new refresh token in the family, never valid past its session's absolute deadline."""
+) -> tuple[str, str]:
+    """A new refresh token in the family, never valid past its session's absolute
+    deadline. Written with one Core INSERT (no unit-of-work flush on the refresh path);
+    returns the value for the client and the row id."""
     row_id, secret, value = passwords.new_token()
     expires = now + lifetime
     if family.session is not None:
         expires = min(expires, SessionPolicy.of(family.session.account).absolute_deadline(
             family.session
         ))
-    token = RefreshToken(
-        id=row_id,
-        secret_hash=passwords.hash_secret(secret),
-        family_id=family.id,
-        issued_at=now,
-        expires_at=expires,
-    )
-    token.family = family
-    db.session.add(token)
-    return value, token
+    if db.session.new:
+        db.session.flush()  # a family started in this request exists before its token
+    db.session.connection().execute(_INSERT_REFRESH, {
+        "id": row_id, "secret_hash": passwords.hash_secret(secret), "family_id": family.id,
+        "issued_at": now, "expires_at": expires})
+    return value, row_id
+
+
+_INSERT_REFRESH = sa.insert(RefreshToken.__table__)
 
 
 def find_refresh(value: str) -> RefreshToken | None:
@@ -210,15 +211,16 @@ def present_refresh(value: str, *, now: datetime, ip: str | None = None) -> Clai
     return Claim(row=token)
 
 
+_ROTATE = (sa.update(RefreshToken.__table__)
+           .where(RefreshToken.__table__.c.id == sa.bindparam("token_id"),
+                  RefreshToken.__table__.c.rotated_at.is_(None))
+           .values(rotated_at=sa.bindparam("now")))
+
+
 def rotate_refresh(token: RefreshToken, *, now: datetime) -> bool:
     """Use the token up, atomically: of two racing presentations exactly one gets
     True (invariant 5); the loser must treat its presentation as reuse."""
-    claimed = db.session.execute(
-        sa.update(RefreshToken)
-        .where(RefreshToken.id == token.id, RefreshToken.rotated_at.is_(None))
-        .values(rotated_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    claimed = db.session.connection().execute(_ROTATE, {"token_id": token.id, "now": now}).rowcount
     if claimed:
         set_committed_value(token, "rotated_at", now)
     return bool(claimed)

@@ -29,6 +29,7 @@ from authlib.oauth2.rfc8628.errors import (
 from authlib.oidc.core import UserInfo
 from authlib.oidc.core.grants import OpenIDCode as _OpenIDCode
 from authlib.oidc.core.grants.util import create_half_hash
+from sqlalchemy.orm.attributes import set_committed_value
 
 from .. import passwords, sessions, tokens
 from ..models import AuthorizationCode, DeviceCode, LoginSession, RefreshToken, TokenFamily, User, db
@@ -124,6 +125,16 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         return Principal(session.user, session, family)
 
 
+_FAMILY_ISSUED = (sa.update(TokenFamily.__table__)
+                  .where(TokenFamily.__table__.c.id == sa.bindparam("family_id"))
+                  .values(last_issued_at=sa.bindparam("now")))
+_SESSION_ACTIVE = (sa.update(LoginSession.__table__)
+                   .where(LoginSession.__table__.c.id == sa.bindparam("session_id"))
+                   .values(last_active_at=sa.bindparam("last_active_at"),
+                           updated_at=sa.bindparam("updated_at"),
+                           ip_last=sa.bindparam("ip_last")))
+
+
 class RefreshTokenGrant(grants.RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True
@@ -149,15 +160,25 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         if family.revoked_at is not None:
             raise InvalidGrantError("The grant has been revoked.")
         session = _session_or_error(family.session)
-        sessions.touch(session, now(), client_ip(), config()["ACTIVITY_WRITE_INTERVAL"])
-        family.last_issued_at = now()
+        # Seen now (so the new tokens' deadlines count from now), written at the end.
+        self.activity = sessions.activity(session, now(), client_ip(),
+                                          config()["ACTIVITY_WRITE_INTERVAL"]) or {}
+        for name, value in self.activity.items():
+            set_committed_value(session, name, value)
+        set_committed_value(family, "last_issued_at", now())
         return Principal(session.user, session, family)
 
     def revoke_old_credential(self, refresh_token) -> None:
-        """Rotate, atomically, as the last step. Losing a race to a concurrent
-        presentation of the same token makes this one reuse: nothing of this request
-        is kept, the family is revoked (RFC 9700 §4.14.2)."""
+        """Rotate, atomically, as the last step, then record the activity. Losing a
+        race to a concurrent presentation of the same token makes this one reuse:
+        nothing of this request is kept, the family is revoked (RFC 9700 §4.14.2)."""
         if tokens.rotate_refresh(refresh_token, now=now()):
+            family = refresh_token.family
+            connection = db.session.connection()
+            connection.execute(_FAMILY_ISSUED, {"family_id": family.id, "now": now()})
+            if self.activity:
+                connection.execute(_SESSION_ACTIVE, {"session_id": family.session_id,
+                                                     **self.activity})
             return
         token_id = refresh_token.id
         db.session.rollback()

@@ -26,6 +26,31 @@ from werkzeug.exceptions import TooManyRequests
 from ..runtime import client_ip
 
 
+class LocalStorage(MemoryStorage):
+    """limits' in-process storage without its expiry thread: the stock one starts a new
+    ``threading.Timer`` every 10 ms under load (a thread start per request on a busy
+    endpoint). Reads already drop an expired counter; the full sweep of stale keys
+    runs inline at most once a second."""
+
+    STORAGE_SCHEME = ["idp-memory"]
+    SWEEP_INTERVAL = 1.0
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options):
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        self._next_sweep = time.monotonic() + self.SWEEP_INTERVAL
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # replaces the thread-starting one
+        current = time.monotonic()
+        if current >= self._next_sweep:
+            self._next_sweep = current + self.SWEEP_INTERVAL
+            self._MemoryStorage__expire_events()
+
+
+def storage_uri(configured: str) -> str:
+    """``memory://`` means this process's counters, kept by ``LocalStorage``."""
+    return "idp-memory://" if configured.startswith("memory://") else configured
+
+
 class ResilientStrategy:
     """The limiter's strategy, falling back to this node's memory while the shared
     store (Redis) is unreachable, so a dead Redis neither stops sign-in nor lifts the
@@ -33,7 +58,7 @@ class ResilientStrategy:
 
     def __init__(self, primary, retry: float = 30.0):
         self.primary = primary
-        self.fallback = MovingWindowRateLimiter(MemoryStorage())
+        self.fallback = MovingWindowRateLimiter(LocalStorage())
         self.retry = retry
         self.down_until = 0.0
 
@@ -124,7 +149,7 @@ def setup(app: Flask) -> None:
     limiter = Limiter(
         key_func=client_ip,
         app=app,
-        storage_uri=config["RATELIMIT_STORAGE_URI"],
+        storage_uri=storage_uri(config["RATELIMIT_STORAGE_URI"]),
         strategy="fixed-window",
         headers_enabled=True,
         swallow_errors=True,  # a dead Redis must not take sign-in down with it
