@@ -62,7 +62,8 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "BACKCHANNEL_GIVE_UP": ("24h", "duration", "Stop retrying a delivery this long after the logout"),
     "LOGOUT_TOKEN_LIFETIME": ("2m", "duration", "Lifetime of a logout token"),
     # -- abuse resistance (Flask-Limiter)
-    "RATELIMIT_STORAGE_URI": ("memory://", "str", "Rate-limit counters: memory:// or redis://host:6379"),
+    "REDIS_URL": (None, "str", "Redis shared by all nodes (rate-limit and lockout counters)"),
+    "RATELIMIT_STORAGE_URI": (None, "str", "Rate-limit counters; default IDP_REDIS_URL, else memory://"),
     "LOGIN_IP_LIMIT": ("30 per minute", "str", "Sign-in attempts per client IP"),
     "LOGIN_MAX_FAILURES": (5, "int", "Failed sign-ins per account before a temporary lockout"),
     "LOGIN_LOCKOUT": ("15m", "duration", "Lockout window after too many failed sign-ins"),
@@ -176,6 +177,8 @@ def _validate(config: dict) -> None:
         # Secure cookies are never sent over plain HTTP: a loopback http issuer needs
         # insecure cookies to work at all, so development turns them on by itself.
         config["INSECURE_COOKIES"] = True
+    if not config["RATELIMIT_STORAGE_URI"]:
+        config["RATELIMIT_STORAGE_URI"] = config["REDIS_URL"] or "memory://"
     if not 0 <= config["TRUSTED_PROXIES"] <= 10:
         raise ConfigError("IDP_TRUSTED_PROXIES must be between 0 and 10")
     if config["ACCESS_TOKEN_ALG"] not in {"RS256", "ES256"}:

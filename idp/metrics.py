@@ -14,3 +14,8 @@ EVENTS = Counter(
     "Sessions started/ended/expired, tokens refused or reused, logins failed (audit events)",
     ["event", "reason"],
 )
+TOKENS = Counter(
+    "idp_token_responses_total",
+    "Token endpoint answers: issued, or refused with the OAuth error code",
+    ["grant_type", "outcome"],
+)

@@ -23,6 +23,7 @@ from flask import (
 )
 
 from .. import sessions as sessions_domain
+from ..metrics import TOKENS
 from ..models import Consent, EndReason, db
 from ..oauth.endpoints import (
     ASSERTION_ALGORITHMS,
@@ -51,6 +52,10 @@ def _server():
     return current_app.extensions["idp.oauth"]
 
 
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials",
+               "urn:ietf:params:oauth:grant-type:device_code")
+
+
 def discovery_document() -> dict:
     """Exactly what is implemented, nothing that is not (OIDC Discovery §3, RFC 8414)."""
     issuer = config()["ISSUER"]
@@ -67,10 +72,7 @@ def discovery_document() -> dict:
         "scopes_supported": SCOPES_SUPPORTED,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": [
-            "authorization_code", "refresh_token", "client_credentials",
-            "urn:ietf:params:oauth:grant-type:device_code",
-        ],
+        "grant_types_supported": list(GRANT_TYPES),
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
         "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
@@ -296,7 +298,13 @@ def _committing(response):
 @bp.post("/oauth/token")
 def token():
     with throttle.limit("TOKEN_RATE_LIMIT", throttle.requesting_client_id()):
-        return _committing(_server().create_token_response())
+        response = _committing(_server().create_token_response())
+    outcome = "issued"
+    if response.status_code >= 400:
+        outcome = (response.get_json(silent=True) or {}).get("error", "error")
+    grant_type = request.form.get("grant_type", "")
+    TOKENS.labels(grant_type if grant_type in GRANT_TYPES else "other", outcome[:40]).inc()
+    return response
 
 
 @bp.route("/userinfo", methods=["GET", "POST"])

@@ -51,7 +51,24 @@ def readyz():
     except Exception:  # noqa: BLE001 - any failure means not ready
         checks["keys"] = "missing"
     ready = all(v == "ok" for v in checks.values())
+    if current_app.config.get("REDIS_URL"):
+        # Shown, not required: rate limits fall back to this node's memory meanwhile.
+        checks["redis"] = "ok" if _redis_answers() else "unreachable (local counters in use)"
     return jsonify({"status": "ready" if ready else "not ready", **checks}), 200 if ready else 503
+
+
+def _redis_answers() -> bool:
+    import redis
+
+    client = current_app.extensions.get("idp.redis")
+    if client is None:
+        client = redis.Redis.from_url(current_app.config["REDIS_URL"], socket_timeout=0.5,
+                                      socket_connect_timeout=0.5)
+        current_app.extensions["idp.redis"] = client
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 @bp.get("/metrics")

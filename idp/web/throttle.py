@@ -3,7 +3,7 @@ client, and the per-account password-guessing throttle (growing delays, then a
 temporary lockout).
 
 Counters live in Flask-Limiter's storage: in memory by default, Redis for several
-nodes (``IDP_RATELIMIT_STORAGE_URI=redis://…``). The lockout is keyed by the
+nodes (``IDP_REDIS_URL=redis://…``). The lockout is keyed by the
 normalised email whether or not such a user exists, so its answers never tell an
 attacker which accounts exist.
 """
