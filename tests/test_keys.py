@@ -607,3 +607,46 @@ def test_current_key_is_a_frozen_record_without_the_secret_in_its_repr(shared: K
     assert "private_key" not in repr(key)
     with pytest.raises(AttributeError):
         key.kid = "other"  # type: ignore[misc]
+
+
+# -- the verified-signature cache ----------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", SUPPORTED_ALGORITHMS)
+def test_a_cached_verification_still_checks_expiry_audience_and_the_key(
+        store: KeyStore, alg: str) -> None:
+    token = store.sign(_claims(), alg=alg)
+    assert store.verify(token, audience=CLIENT, issuer=ISSUER, now=NOW)["sub"] == "user-1"
+    # Second use: answered from the cache, with the same rules.
+    assert store.verify(token, audience=CLIENT, issuer=ISSUER, now=NOW)["sub"] == "user-1"
+    with pytest.raises(jwt.ExpiredSignatureError):
+        store.verify(token, audience=CLIENT, issuer=ISSUER, now=NOW + timedelta(seconds=301))
+    with pytest.raises(jwt.InvalidAudienceError):
+        store.verify(token, audience="someone-else", issuer=ISSUER, now=NOW)
+    with pytest.raises(jwt.InvalidIssuerError):
+        store.verify(token, audience=CLIENT, issuer="https://evil.example", now=NOW)
+    # Once its key is no longer published, a cached token is refused like any other.
+    store.rotate(NOW)
+    gone = NOW + store.publish_window + timedelta(seconds=1)
+    with pytest.raises(jwt.InvalidTokenError, match="unknown or retired key"):
+        store.verify(token, audience=CLIENT, issuer=ISSUER, now=gone, verify_exp=False)
+
+
+def test_the_cache_is_bounded_and_returns_copies(keys_dir: Path) -> None:
+    store = KeyStore(keys_dir, RETENTION, reload_interval=0, verified_cache_size=8)
+    tokens = [store.sign(_claims(jti=str(i)), alg="ES256") for i in range(20)]
+    for token in tokens:
+        claims = store.verify(token, audience=CLIENT, now=NOW)
+        claims["sub"] = "mallory"  # a caller changing its copy changes nothing cached
+    assert len(store._verified) <= 8
+    assert store.verify(tokens[-1], audience=CLIENT, now=NOW)["sub"] == "user-1"
+
+
+@pytest.mark.parametrize("spelling", ["padded", "junk in signature", "whitespace"])
+def test_only_the_canonical_spelling_of_a_token_verifies(shared: KeyStore, spelling: str) -> None:
+    token = shared.sign(_claims(), alg="ES256")
+    head, body, sig = token.split(".")
+    variant = {"padded": f"{head}.{body}.{sig}==", "junk in signature": f"{head}.{body}.{sig}!",
+               "whitespace": f"{head}.{body}. {sig}"}[spelling]
+    with pytest.raises(jwt.DecodeError):
+        shared.verify(variant, audience=CLIENT, now=NOW)
