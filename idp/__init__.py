@@ -54,7 +54,12 @@ def create_app(overrides: dict | None = None, *, clock: Clock | None = None) -> 
 def _engine_options(url: str) -> dict:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    return {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
+    options: dict = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
+    if url.startswith("postgresql") and "connect_timeout" not in sa.engine.make_url(url).query:
+        # A server that accepts connections but never answers (hung, overloaded) must not
+        # hold a request, and soon every thread, forever: give up connecting (503).
+        options["connect_args"] = {"connect_timeout": 5}
+    return options
 
 
 def _setup_database(app: Flask) -> None:

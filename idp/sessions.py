@@ -226,6 +226,15 @@ def end(
         ended_at = min(now, policy_of(session).absolute_deadline(session))
     elif reason is EndReason.EXPIRED_IDLE:
         ended_at = min(now, policy_of(session).idle_deadline(session))
+    # Codes not yet exchanged die with the session too. First: an exchange that already
+    # claimed one holds it until it commits, so this waits for that exchange, and the
+    # family it created is there to be revoked below (invariant 2).
+    db.session.execute(
+        sa.update(AuthorizationCode)
+        .where(AuthorizationCode.session_id == session.id, AuthorizationCode.used_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
     result = db.session.execute(
         sa.update(LoginSession)
         .where(LoginSession.id == session.id, LoginSession.ended_at.is_(None))
@@ -244,13 +253,6 @@ def end(
         .values(revoked_at=now, revoke_reason="session_ended")
         .execution_options(synchronize_session="fetch")
     ).rowcount
-    # Codes not yet exchanged die with the session too.
-    db.session.execute(
-        sa.update(AuthorizationCode)
-        .where(AuthorizationCode.session_id == session.id, AuthorizationCode.used_at.is_(None))
-        .values(used_at=now)
-        .execution_options(synchronize_session=False)
-    )
     deliveries = backchannel.enqueue(session, now=now)
     audit.record(
         "session.expired" if reason.is_expiry else "session.ended",

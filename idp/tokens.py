@@ -45,8 +45,7 @@ def start_family(
         created_at=now,
         last_issued_at=now,
     )
-    family.session = session
-    family.client = client
+    family.session = session  # (not family.client: a detached client must not be cascaded in)
     db.session.add(family)
     return family
 

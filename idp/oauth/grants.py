@@ -126,7 +126,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
 
 _FAMILY_ISSUED = (sa.update(TokenFamily.__table__)
-                  .where(TokenFamily.__table__.c.id == sa.bindparam("family_id"))
+                  .where(TokenFamily.__table__.c.id == sa.bindparam("family_id"),
+                         TokenFamily.__table__.c.revoked_at.is_(None))
                   .values(last_issued_at=sa.bindparam("now")))
 _SESSION_ACTIVE = (sa.update(LoginSession.__table__)
                    .where(LoginSession.__table__.c.id == sa.bindparam("session_id"))
@@ -175,11 +176,15 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         if tokens.rotate_refresh(refresh_token, now=now()):
             family = refresh_token.family
             connection = db.session.connection()
-            connection.execute(_FAMILY_ISSUED, {"family_id": family.id, "now": now()})
-            if self.activity:
+            if self.activity:  # the session before the family: the order sessions.end takes
                 connection.execute(_SESSION_ACTIVE, {"session_id": family.session_id,
                                                      **self.activity})
-            return
+            # Still unrevoked at write time: a session ended (or a family revoked) since
+            # the reads above wins, and nothing is issued after it (invariant 2).
+            if connection.execute(_FAMILY_ISSUED, {"family_id": family.id, "now": now()}).rowcount:
+                return
+            db.session.rollback()
+            raise InvalidGrantError("The grant has been revoked.")
         token_id = refresh_token.id
         db.session.rollback()
         tokens.refresh_reused(db.session.get(RefreshToken, token_id), now=now(), ip=client_ip())
@@ -297,7 +302,10 @@ class DeviceCodeGrant(_DeviceCodeGrant):
         ).rowcount
         if not claimed:
             raise InvalidGrantError("This device code has already been used.")
-        session = _session_or_error(db.session.get(LoginSession, credential.session_id))
+        # Locked: an ending of this session waits for the family, or this sees the end.
+        session = _session_or_error(db.session.get(
+            LoginSession, credential.session_id, populate_existing=True,
+            with_for_update={"key_share": True, "of": LoginSession}))
         family = tokens.start_family(session=session, client=credential.client,
                                      scope=credential.scope, now=current)
         return Principal(session.user, session, family)

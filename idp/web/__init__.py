@@ -7,6 +7,7 @@ import logging
 
 from flask import Flask, g, jsonify, make_response, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from ..models import db
@@ -48,7 +49,14 @@ def error_response(status: int, message: str | None = None, error: str | None = 
     if wants_json():
         body = {"error": error or _oauth_code(status), "error_description": message}
         return jsonify(body), status
-    return render_template("errors/error.html", status=status, message=message), status
+    try:
+        return render_template("errors/error.html", status=status, message=message), status
+    except SQLAlchemyError:
+        # The menu names the signed-in user, whose row the rollback before this page
+        # expired; with the database gone, reading it again fails. The page without it.
+        db.session.rollback()
+        g.pop("idp_session", None)
+        return render_template("errors/error.html", status=status, message=message), status
 
 
 def _oauth_code(status: int) -> str:
@@ -119,9 +127,15 @@ def register(app: Flask) -> None:
 
         if isinstance(exc, DataError):  # a value the database refuses: the caller's input
             return error_response(400)
-        log.exception("unhandled error on %s %s", request.method, request.path)
         if isinstance(exc, OperationalError):
+            # The database is unreachable (or gave up on the transaction): one line per
+            # request, not a traceback each, or an outage floods the log (~10 kB a request)
+            # just when operators read it. The driver's first line says what happened.
+            detail = (str(exc.orig or exc).strip().splitlines() or [""])[0][:300]
+            log.error("unhandled error on %s %s: database unavailable: %s: %s", request.method,
+                      request.path, type(exc.orig or exc).__name__, detail)
             return error_response(503)
+        log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(InternalServerError.code)
 
     @app.before_request

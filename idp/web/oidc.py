@@ -21,6 +21,7 @@ from flask import (
     session,
     url_for,
 )
+from sqlalchemy.exc import IntegrityError
 
 from .. import sessions as sessions_domain
 from ..metrics import TOKENS
@@ -275,13 +276,20 @@ def _origin(uri: str) -> str:
 
 
 def _remember_consent(principal: Principal, client, scope: str) -> None:
-    consent = db.session.get(Consent, (principal.user.id, client.client_id))
+    key = (principal.user.id, client.client_id)
+    consent = db.session.get(Consent, key)
     if consent is None:
-        db.session.add(Consent(user_id=principal.user.id, client_id=client.client_id,
-                               scope=scope, granted_at=now()))
-    else:
-        consent.scope = " ".join(sorted(set(consent.scope.split()) | set(scope.split())))
-        consent.granted_at = now()
+        try:
+            # A double click posts the form twice: the second insert waits for the first
+            # and then meets its row; it updates that row instead of failing with a 500.
+            with db.session.begin_nested():
+                db.session.add(Consent(user_id=key[0], client_id=key[1], scope=scope,
+                                       granted_at=now()))
+            return
+        except IntegrityError:
+            consent = db.session.get(Consent, key, populate_existing=True)
+    consent.scope = " ".join(sorted(set(consent.scope.split()) | set(scope.split())))
+    consent.granted_at = now()
 
 
 # -- back-channel endpoints (no cookies, no CSRF: clients authenticate) ---------------
