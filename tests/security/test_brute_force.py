@@ -9,6 +9,8 @@ throttled attempt is an audit event."""
 from __future__ import annotations
 
 import re
+import secrets
+import socket
 
 import pytest
 import sqlalchemy as sa
@@ -215,3 +217,31 @@ def test_an_unreachable_rate_limit_store_falls_back_to_local_limits(settings, cl
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+def _redis_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _redis_up(), reason="no Redis on 127.0.0.1:6379")
+def test_two_nodes_with_redis_count_failures_together(settings, clock, backend, make_user):
+    """IDP_REDIS_URL: a guesser spreading attempts over two nodes meets one set of counters."""
+    email = f"shared-{secrets.token_hex(6)}@example.com"  # unique: Redis outlives the test
+    make_user(email)
+    nodes = [create_app({**settings, "REDIS_URL": "redis://127.0.0.1:6379/14",
+                         "LOGIN_IP_LIMIT": "1000 per minute"}, clock=clock) for _ in range(2)]
+    try:
+        a, b = (Browser(node, remote_addr="192.0.2.90") for node in nodes)
+        assert attempt(a, email).status_code == 401
+        assert attempt(b, email).status_code == 401
+        # Node A saw one failure itself; the delay after two comes from the shared count.
+        assert attempt(a, email, PASSWORD).status_code == 429
+    finally:
+        for node in nodes:
+            with node.app_context():
+                db.session.remove()
+                db.engine.dispose()
