@@ -61,7 +61,7 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "BACKCHANNEL_RETRY_MAX": ("1h", "duration", "Longest delay between two attempts"),
     "BACKCHANNEL_GIVE_UP": ("24h", "duration", "Stop retrying a delivery this long after the logout"),
     "LOGOUT_TOKEN_LIFETIME": ("2m", "duration", "Lifetime of a logout token"),
-    # -- abuse resistance (Flask-Limiter)
+    # -- abuse resistance (limits: Flask-Limiter's counters)
     "REDIS_URL": (None, "str", "Redis shared by all nodes (rate-limit and lockout counters)"),
     "RATELIMIT_STORAGE_URI": (None, "str", "Rate-limit counters; default IDP_REDIS_URL, else memory://"),
     "LOGIN_IP_LIMIT": ("30 per minute", "str", "Sign-in attempts per client IP"),

@@ -1,8 +1,8 @@
-"""Abuse resistance with Flask-Limiter: request rates per client IP and per OAuth
+"""Abuse resistance with ``limits``: request rates per client IP and per OAuth
 client, and the per-account password-guessing throttle (growing delays, then a
 temporary lockout).
 
-Counters live in Flask-Limiter's storage: in memory by default, Redis for several
+Counters live in a ``limits`` storage: in memory by default, Redis for several
 nodes (``IDP_REDIS_URL=redis://…``). The lockout is keyed by the
 normalised email whether or not such a user exists, so its answers never tell an
 attacker which accounts exist.
@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 from authlib.oauth2.rfc6749.util import extract_basic_authorization
 from flask import Flask, current_app, request
-from flask_limiter import Limiter
 from limits import RateLimitItemPerSecond, parse, parse_many
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from werkzeug.exceptions import TooManyRequests
 
 from ..runtime import client_ip
@@ -145,19 +144,13 @@ def requesting_client_id() -> str:
 
 
 def setup(app: Flask) -> None:
+    """Counters from ``limits`` (the library under Flask-Limiter), used directly: every
+    limit here is checked where it applies (``limit``, the login throttle), so no
+    per-request hooks run on the endpoints that have none."""
     config = app.config
-    limiter = Limiter(
-        key_func=client_ip,
-        app=app,
-        storage_uri=storage_uri(config["RATELIMIT_STORAGE_URI"]),
-        strategy="fixed-window",
-        headers_enabled=True,
-        swallow_errors=True,  # a dead Redis must not take sign-in down with it
-        in_memory_fallback_enabled=True,
-        key_prefix="idp",
-    )
-    strategy = ResilientStrategy(limiter.limiter)
-    app.extensions["idp.limiter"] = limiter
+    storage = storage_from_string(storage_uri(config["RATELIMIT_STORAGE_URI"]),
+                                  key_prefix="idp")
+    strategy = ResilientStrategy(FixedWindowRateLimiter(storage))
     app.extensions["idp.limits"] = strategy
     app.extensions["idp.login_throttle"] = LoginThrottle(
         strategy,
