@@ -1,10 +1,37 @@
-"""One command: start the provider under its production server, seed data at a
-chosen scale, run a bounded wrk load against each hot endpoint, print one table.
+"""One command: seed data at a chosen scale, start the provider under its production
+server, run a bounded wrk load against each hot endpoint, print one table.
 
     .venv/bin/python bench/run.py [--database-url URL] [--sessions 1000] [--workers 2]
                                   [--server gthread|sync|granian] [--duration 10]
+                                  [--seed-only] [--reuse] [--stale 0.15]
 
 Results also go to bench/results/<timestamp>.json (git-ignored).
+
+Seeding is in bulk (COPY on PostgreSQL) with a progress bar: the history (``--sessions``
+sessions in every state with their families, refresh tokens, codes, audit events and
+logout deliveries), then ``--fresh`` credentials the load presents once each. The history
+of a big run is worth keeping: seed it once, then reuse it for every later run (each run
+still adds its own clients and fresh credentials, about 10 s):
+
+    createdb -h 127.0.0.1 -U postgres idp_scale
+    URL=postgresql+psycopg://postgres@127.0.0.1:5432/idp_scale
+    # once: 1,000,000 sessions (about 3 minutes on the 2-core build machine)
+    .venv/bin/python bench/run.py --database-url $URL --sessions 1000000 --seed-only
+    # every run afterwards: skips the history when the database already holds it
+    .venv/bin/python bench/run.py --database-url $URL --sessions 1000000 --reuse --duration 5
+    # the small figure, on its own database (wiped and seeded each time)
+    .venv/bin/python bench/run.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/idp_bench \
+        --sessions 1000 --duration 5
+
+``--reuse`` recognises a history by a marker account written when its seeding finished
+(``bench-seeded-<sessions>-<stale>``); without it (or with another size) the database is
+wiped (``--reset-db``, the default) and seeded again. Times in the history are relative to
+when it was seeded: hours later its "active" sessions have gone idle, which changes what
+``idp sweep`` finds but not the hot paths the load measures (fresh credentials are always new).
+
+``--stale 1`` seeds a history in which every session is open and past a deadline: the
+input of the sweep benchmark (``time .venv/bin/idp sweep --json`` with
+``IDP_DATABASE_URL=$URL``; see bench/BASELINE.md).
 """
 
 from __future__ import annotations
@@ -12,12 +39,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,31 +84,47 @@ def bench_env(workdir: Path, database_url: str | None, port: int) -> dict:
     return env
 
 
-def prepare(env: dict, sessions: int, fresh: int, out: Path, reset_pg: bool) -> dict:
+def prepare(env: dict, sessions: int, fresh: int, out: Path, reset_pg: bool, *,
+            reuse: bool = False, seed_only: bool = False, stale: float = 0.15) -> dict | None:
     """Migrate and seed in this process (imports happen after the env is set)."""
     os.environ.update(env)
     from flask_migrate import upgrade
 
     sys.path.insert(0, str(ROOT))
-    from bench.seed import seed
+    from bench.seed import history_present, seed_fresh, seed_history
     from idp import MIGRATIONS_DIR, create_app
     from idp.models import db
 
     app = create_app()
+    seeded = None
     with app.app_context():
-        if reset_pg and env.get("IDP_DATABASE_URL", "").startswith("postgresql"):
+        present = reuse and history_present(sessions, stale)
+        if present:
+            click.echo(f"reusing the {sessions}-session history already in the database", err=True)
+        elif reset_pg and env.get("IDP_DATABASE_URL", "").startswith("postgresql"):
             import sqlalchemy as sa
 
+            db.session.remove()
             with db.engine.begin() as conn:
                 conn.execute(sa.text("DROP SCHEMA public CASCADE"))
                 conn.execute(sa.text("CREATE SCHEMA public"))
         upgrade(directory=MIGRATIONS_DIR)
-        started = time.monotonic()
-        seeded = seed(app, sessions, fresh, out)
-        click.echo(f"seeded {sessions} sessions + {fresh} fresh credentials in "
-                   f"{time.monotonic() - started:.1f} s", err=True)
+        if not present:
+            started = time.monotonic()
+            counts = seed_history(app, sessions, stale=stale)
+            click.echo(f"seeded {sessions} sessions in {time.monotonic() - started:.1f} s "
+                       f"({', '.join(f'{k} {v}' for k, v in counts.items())})", err=True)
+        if not seed_only:
+            from bench.seed import _bar
+
+            started = time.monotonic()
+            with _bar(fresh, "Fresh credentials") as bar:
+                seeded = seed_fresh(app, fresh, out, progress=bar.update).__dict__
+            click.echo(f"seeded {fresh} fresh credentials in {time.monotonic() - started:.1f} s",
+                       err=True)
+        db.session.remove()
         db.engine.dispose()
-    return seeded.__dict__
+    return seeded
 
 
 def start_server(server: str, env: dict, port: int, workers: int) -> subprocess.Popen:
@@ -107,8 +152,10 @@ def start_server(server: str, env: dict, port: int, workers: int) -> subprocess.
 
 
 def stop_server(process: subprocess.Popen) -> dict:
-    """Stop the server; report each worker's RSS first (MB)."""
+    """Stop the server; report each worker's RSS first (MB), once the requests still
+    queued when the load stopped (slow sign-ins) have finished."""
     rss = []
+    time.sleep(8)  # a queued argon2id sign-in takes up to ~5 s under the login load
     try:
         children = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True,
                                   text=True, timeout=5).stdout.split()
@@ -161,6 +208,79 @@ ENDPOINTS = [
 ]
 
 
+def _login_loop(base: str, seeded: dict, csrf: str, cookie: str, stop: threading.Event,
+                samples: list, errors: list) -> None:
+    """Sign in again and again (a different seeded user each time), recording latencies."""
+    emails = seeded["emails"]
+    with httpx.Client(timeout=30, follow_redirects=False) as http:
+        n = 0
+        while not stop.is_set():
+            email = emails[n % len(emails)]
+            n += 1
+            started = time.monotonic()
+            try:
+                response = http.post(f"{base}/login", headers={"Cookie": cookie},
+                                     data={"csrf_token": csrf, "email": email,
+                                           "password": "bench password 123"})
+                ok = response.status_code in (302, 303)
+            except httpx.HTTPError:
+                ok = False
+            http.cookies.clear()
+            (samples if ok else errors).append((started, time.monotonic() - started))
+
+
+def _percentiles(latencies: list[float]) -> dict:
+    if not latencies:
+        return {"count": 0}
+    ordered = sorted(latencies)
+
+    def pick(q: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    return {"count": len(ordered), "p50_ms": pick(0.50), "p95_ms": pick(0.95),
+            "p99_ms": pick(0.99), "max_ms": round(1000 * ordered[-1], 1)}
+
+
+def check_sweep(base: str, env: dict, seeded: dict, csrf: str, cookie: str, *,
+                quiet_seconds: int, clients: int, parallel: int = 1) -> dict:
+    """Login latency with nothing else running, then while `idp sweep` expires the history."""
+    samples: list = []
+    errors: list = []
+    stop = threading.Event()
+    threads = [threading.Thread(target=_login_loop, args=(base, seeded, csrf, cookie, stop,
+                                                          samples, errors))
+               for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(quiet_seconds)
+        sweep_started = time.monotonic()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        click.echo(f"quiet phase done ({len(samples)} sign-ins); sweeping", err=True)
+        sweep = subprocess.run([str(Path(sys.executable).parent / "idp"), "sweep", "--json",
+                                "--parallel", str(parallel)],
+                               env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+        sweep_ended = time.monotonic()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    if sweep.returncode != 0:
+        raise SystemExit(f"idp sweep failed: {sweep.stderr[-2000:]}")
+    quiet = [d for t, d in samples if t < sweep_started]
+    during = [d for t, d in samples if sweep_started <= t and t + d <= sweep_ended]
+    result = {"sweep": json.loads(sweep.stdout), "sweep_seconds": round(sweep_ended - sweep_started, 1),
+              "sweep_process_cpu_seconds": round(after.ru_utime + after.ru_stime
+                                                 - children.ru_utime - children.ru_stime, 1),
+              "login_quiet": _percentiles(quiet), "login_during_sweep": _percentiles(during),
+              "login_errors": len(errors), "login_clients": clients, "sweep_parallel": parallel}
+    q, d = result["login_quiet"].get("p99_ms"), result["login_during_sweep"].get("p99_ms")
+    if q and d:
+        result["p99_ratio"] = round(d / q, 2)
+    return result
+
+
 @click.command()
 @click.option("--database-url", help="Default: a fresh SQLite file in the run folder.")
 @click.option("--sessions", default=1000, show_default=True, type=int)
@@ -173,13 +293,34 @@ ENDPOINTS = [
 @click.option("--connections", default=16, show_default=True, type=int)
 @click.option("--only", help="Comma-separated substrings of endpoint names to run.")
 @click.option("--reset-db/--keep-db", default=True, help="Wipe a PostgreSQL database first.")
-def main(database_url, sessions, fresh, workers, server, duration, connections, only, reset_db):
-    if not shutil.which("wrk"):
+@click.option("--seed-only", is_flag=True, help="Seed the history, then stop (no server, no load).")
+@click.option("--reuse", is_flag=True,
+              help="Keep a history of this size already seeded in the database; seed only the "
+                   "fresh credentials.")
+@click.option("--stale", default=0.15, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of sessions open but past a deadline (what idp sweep expires).")
+@click.option("--sweep-check", is_flag=True,
+              help="Instead of the endpoint table: login latency for --duration s, then while "
+                   "`idp sweep` runs over the seeded history; prints both p99 and the sweep time.")
+@click.option("--login-clients", default=2, show_default=True, type=int,
+              help="Concurrent sign-ins during --sweep-check.")
+@click.option("--sweep-parallel", default=1, show_default=True, type=int,
+              help="`idp sweep --parallel` during --sweep-check.")
+def main(database_url, sessions, fresh, workers, server, duration, connections, only, reset_db,
+         seed_only, reuse, stale, sweep_check, login_clients, sweep_parallel):
+    if not seed_only and not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk")
     workdir = Path(tempfile.mkdtemp(prefix="idp-bench-"))
     port = free_port()
     env = bench_env(workdir, database_url, port)
-    seeded = prepare(env, sessions, fresh, workdir, reset_db)
+    started = time.monotonic()
+    seeded = prepare(env, sessions, fresh, workdir, reset_db, reuse=reuse, seed_only=seed_only,
+                     stale=stale)
+    seed_seconds = round(time.monotonic() - started, 1)
+    if seed_only:
+        click.echo(f"seeded in {seed_seconds} s; run again with --reuse to measure", err=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
     login_cookie, login_csrf = None, None
     process = start_server(server, env, port, workers)
     base = f"http://127.0.0.1:{port}"
@@ -188,8 +329,18 @@ def main(database_url, sessions, fresh, workers, server, duration, connections, 
         login_csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"',
                                page.text).group(1)
         login_cookie = "; ".join(f"{k}={v}" for k, v in page.cookies.items())
+        if sweep_check:
+            result = check_sweep(base, env, seeded, login_csrf, login_cookie,
+                                 quiet_seconds=duration, clients=login_clients,
+                                 parallel=sweep_parallel)
+            result.update(sessions=sessions, database="postgresql" if (database_url or "")
+                          .startswith("postgresql") else "sqlite", workers=workers)
+            print(json.dumps(result, indent=2))
+            RESULTS.mkdir(exist_ok=True)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            (RESULTS / f"{stamp}-sweep-check-{sessions}.json").write_text(json.dumps(result))
         rows = []
-        for name, script, path, data in ENDPOINTS:
+        for name, script, path, data in [] if sweep_check else ENDPOINTS:
             if only and not any(part in name for part in only.split(",")):
                 continue
             wrk_env = {**os.environ, "BENCH_PATH": path, "BENCH_LUA_DIR": str(LUA),
@@ -207,6 +358,9 @@ def main(database_url, sessions, fresh, workers, server, duration, connections, 
                        f"p99 {stats['p99_ms']:7.2f} ms  errors {stats['errors']}", err=True)
     finally:
         memory = stop_server(process)
+    if sweep_check:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
     reference = rows[0]["rps"] if rows and rows[0]["endpoint"].startswith("reference") else None
     header = (f"{'endpoint':42} {'req/s':>8} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} "
               f"{'p99 ms':>7} {'errors':>7} {'wrk cpu':>7}")
@@ -226,6 +380,7 @@ def main(database_url, sessions, fresh, workers, server, duration, connections, 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     result = {"when": stamp, "server": server, "workers": workers, "connections": connections,
               "duration": duration, "database": db_kind, "sessions": sessions,
+              "seed_seconds": seed_seconds, "reused_history": reuse,
               "memory": memory, "rows": rows, "machine": os.uname().nodename,
               "cpus": os.cpu_count()}
     path = RESULTS / f"{stamp}-{db_kind}-{sessions}-{server}.json"

@@ -3,6 +3,7 @@ stdout) and fails with one line on stderr and a non-zero exit on bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -185,6 +186,9 @@ def _gunicorn(host: str, port: int, workers: int) -> None:
             self.cfg.set("accesslog", None)  # the app writes one JSON line per request
             self.cfg.set("control_socket_disable", True)
             self.cfg.set("graceful_timeout", 10)
+            # Idle keep-alive connections stay open longer than a proxy's usual 60 s, so a
+            # proxy never reuses one the server has just closed (a 502 for the user).
+            self.cfg.set("keepalive", 75)
             self.cfg.set("child_exit", _mark_worker_dead)
 
         def load(self):
@@ -402,31 +406,92 @@ def rotate_keys_command(as_json: bool) -> None:
           f"New keys: {', '.join(k.kid for k in new)}. Published: {len(published)} keys.")
 
 
+def _in_parallel(app, workers: int, task) -> int:
+    """``task()`` in ``workers`` threads, each in an app context of its own (its own
+    database session and connection); the sum of what they return."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .models import db
+
+    def run() -> int:
+        with app.app_context():
+            try:
+                return task()
+            finally:
+                db.session.remove()
+
+    if workers == 1:
+        return run()
+    with ThreadPoolExecutor(workers, thread_name_prefix="sweep") as pool:
+        futures = [pool.submit(run) for _ in range(workers)]
+        return sum(future.result() for future in futures)
+
+
+def _shared(bar):
+    """A progress callback several threads may call."""
+    import threading
+
+    lock = threading.Lock()
+
+    def update(count: int) -> None:
+        with lock:
+            bar.update(count)
+
+    return update
+
+
 @cli.command("sweep")
-@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 10000),
+              help="Sessions per transaction.")
+@click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="Connections sweeping side by side (PostgreSQL; SQLite always uses one).")
 @json_option
-def sweep_command(batch: int, as_json: bool) -> None:
-    """Expire sessions past their deadlines and purge history past retention."""
+def sweep_command(batch: int, parallel: int, as_json: bool) -> None:
+    """Expire sessions past their deadlines and purge history past retention.
+
+    Set-based and in short batches: logins are never held up for long, and several
+    sweeps (nodes, or --parallel connections) may run at once on PostgreSQL without
+    ending a session twice. Back-channel logout notices it writes are delivered by
+    `idp worker`.
+    """
     from . import sessions
-    from .models import LoginSession, db
+    from .models import db
 
     app = _app()
-    with app.app_context():
-        services = app.extensions["idp"]
-        total = db.session.scalar(
-            sa.select(sa.func.count()).select_from(LoginSession).where(
-                LoginSession.ended_at.is_(None))
-        )
-        if as_json:
-            result = sessions.sweep(services.clock.now(), app.config["SESSION_RETENTION"],
-                                    batch=batch)
-        else:
-            with click.progressbar(length=total, label="Checking open sessions",
-                                   file=sys.stderr, show_pos=True) as bar:
-                result = sessions.sweep(services.clock.now(), app.config["SESSION_RETENTION"],
-                                        batch=batch, progress=bar.update)
-        _emit(as_json, {"expired": result.expired, "purged": result.purged},
-              f"Expired {result.expired} sessions; purged {result.purged} old ones.")
+    # A mass expiry must not turn this process into a delivery worker: the notices are
+    # in the outbox, committed with each batch, and `idp worker` sends them.
+    immediate = app.config["BACKCHANNEL_IMMEDIATE"]
+    app.config["BACKCHANNEL_IMMEDIATE"] = False
+    try:
+        with app.app_context():
+            if db.engine.dialect.name != "postgresql":
+                parallel = 1
+            now = app.extensions["idp"].clock.now()
+            retention = app.config["SESSION_RETENTION"]
+            due = purgeable = 0
+            if not as_json:
+                due, purgeable = sessions.due_for_expiry(now), sessions.due_for_purge(now, retention)
+                db.session.remove()
+        with _progress(as_json, due, "Expiring sessions past their deadlines") as progress:
+            expired = _in_parallel(app, parallel, lambda: sessions.expire_due(
+                now, batch=batch, progress=progress))
+        with _progress(as_json, purgeable, "Purging history past retention") as progress:
+            purged = _in_parallel(app, parallel, lambda: sessions.purge_before(
+                now - retention, batch=batch, progress=progress))
+    finally:
+        app.config["BACKCHANNEL_IMMEDIATE"] = immediate
+    _emit(as_json, {"expired": expired, "purged": purged},
+          f"Expired {expired} sessions; purged {purged} old ones.")
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool, length: int, label: str):
+    if quiet:
+        yield None
+        return
+    with click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True,
+                           show_eta=True) as bar:
+        yield _shared(bar)
 
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", click.exceptions.Exit)

@@ -183,7 +183,22 @@ class LoginSession(db.Model):
     """One sign-in of one user on one device. ``id`` is public: it is the ``sid``."""
 
     __tablename__ = "login_sessions"
-    __table_args__ = (sa.Index("ix_login_sessions_user_ended", "user_id", "ended_at"),)
+    __table_args__ = (
+        sa.Index("ix_login_sessions_user_ended", "user_id", "ended_at"),
+        # The sweep: open sessions by each deadline's column (partial: only open sessions
+        # are indexed, so the indexes stay the size of what is live; account_id last, so
+        # a sweep for the accounts of one policy filters in the index, not the table),
+        # and ended ones by when they ended (retention purge).
+        sa.Index("ix_login_sessions_open_created", "created_at", "id", "account_id",
+                 postgresql_where=sa.text("ended_at IS NULL"),
+                 sqlite_where=sa.text("ended_at IS NULL")),
+        sa.Index("ix_login_sessions_open_last_active", "last_active_at", "id", "account_id",
+                 postgresql_where=sa.text("ended_at IS NULL"),
+                 sqlite_where=sa.text("ended_at IS NULL")),
+        sa.Index("ix_login_sessions_ended", "ended_at", "id",
+                 postgresql_where=sa.text("ended_at IS NOT NULL"),
+                 sqlite_where=sa.text("ended_at IS NOT NULL")),
+    )
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
     secret_hash: Mapped[str] = mapped_column(sa.String(64))
@@ -263,6 +278,17 @@ class AuthorizationCode(db.Model):
     """One-time, short-lived, bound to a session, a client and a redirect URI."""
 
     __tablename__ = "authorization_codes"
+    # Codes not yet used, by session: what ending a session spends (a handful at any time,
+    # where the session_id index holds every code ever issued).
+    __table_args__ = (
+        sa.Index("ix_authorization_codes_pending", "session_id",
+                 postgresql_where=sa.text("used_at IS NULL"),
+                 sqlite_where=sa.text("used_at IS NULL")),
+        # The OpenID nonce replay check at /authorize (Authlib's ``exists_nonce``).
+        sa.Index("ix_authorization_codes_client_nonce", "client_id", "nonce",
+                 postgresql_where=sa.text("nonce IS NOT NULL"),
+                 sqlite_where=sa.text("nonce IS NOT NULL")),
+    )
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
     secret_hash: Mapped[str] = mapped_column(sa.String(64))

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import base64
 import enum
+import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import audit, backchannel, passwords
+from .metrics import EVENTS
 from .models import (
     Account,
     AuditEvent,
@@ -25,6 +29,7 @@ from .models import (
     Client,
     EndReason,
     LoginSession,
+    LogoutDelivery,
     RefreshToken,
     TokenFamily,
     User,
@@ -298,52 +303,381 @@ class SweepResult:
     purged: int = 0
 
 
-def sweep(now: datetime, retention: timedelta, *, batch: int = 500, progress=None) -> SweepResult:
-    """Mark sessions past their deadlines expired and purge old history, in batches.
-    Each batch is its own transaction so logins are never stalled for long."""
-    result = SweepResult()
-    accounts = {a.id: SessionPolicy.of(a) for a in db.session.scalars(sa.select(Account))}
-    last_id = ""
-    while True:
-        rows = db.session.scalars(
-            sa.select(LoginSession)
-            .where(LoginSession.ended_at.is_(None), LoginSession.id > last_id)
-            .order_by(LoginSession.id)
+# The sweep is set-based: candidates come from indexes over open sessions (created_at and
+# last_active_at, partial on ended_at IS NULL), a batch at a time, each batch its own short
+# transaction. On PostgreSQL a batch locks its sessions FOR NO KEY UPDATE SKIP LOCKED, so two
+# sweeps (two nodes, two cron jobs) share the work without ending a session twice and never
+# wait for each other, and a request ending or touching one of them waits at most one batch.
+# NO KEY UPDATE (what a plain UPDATE takes) leaves foreign-key checks free: a token exchange
+# inserting a family under a locked session is not blocked.
+
+_RETRIES = 5  # a batch chosen as a deadlock victim (PostgreSQL) is retried this many times
+
+
+def _expiry(max_duration: timedelta, idle_timeout: timedelta, created_at: datetime,
+            last_active_at: datetime, now: datetime) -> tuple[EndReason, datetime] | None:
+    """``SessionPolicy.expiry_reason`` and the deadline crossed, from plain values."""
+    absolute = created_at + max_duration
+    if now >= absolute:
+        return EndReason.EXPIRED_DURATION, absolute
+    idle = last_active_at + idle_timeout
+    if now >= idle:
+        return EndReason.EXPIRED_IDLE, idle
+    return None
+
+
+def _limit_of(column) -> sa.ScalarSelect:
+    """The account's current limit for a deadline column, in seconds, per session row."""
+    limit = Account.max_session_duration if column is LoginSession.created_at else (
+        Account.idle_timeout)
+    return sa.select(limit).where(Account.id == LoginSession.account_id).scalar_subquery()
+
+
+def _past_own_limit(column, now: datetime):
+    """``column <= now - <the account's limit>`` evaluated by PostgreSQL for each row the
+    index range yields (accounts is small and cached), so a batch locks only sessions
+    really past their deadline. None elsewhere: the caller filters in Python."""
+    if not _postgresql():
+        return None
+    return column <= sa.literal(now, column.type) - sa.func.make_interval(
+        0, 0, 0, 0, 0, 0, _limit_of(column))
+
+
+def due_for_expiry(now: datetime) -> int:
+    """How many open sessions are past a deadline under their account's current policy:
+    those past the maximum duration, plus those (not past it) idle too long. Each count
+    is one range of a partial index (from the loosest cutoff any account allows), judged
+    per row by its account's policy."""
+    loosest = db.session.execute(sa.select(sa.func.min(Account.max_session_duration),
+                                           sa.func.min(Account.idle_timeout))).one()
+    if loosest[0] is None:
+        return 0
+    if not _postgresql():
+        return len(_due_rows(now, loosest))
+    created, last = LoginSession.created_at, LoginSession.last_active_at
+    over_duration = db.session.scalar(
+        sa.select(sa.func.count()).select_from(LoginSession).where(
+            LoginSession.ended_at.is_(None), created <= now - timedelta(seconds=loosest[0]),
+            _past_own_limit(created, now)))
+    idle_only = db.session.scalar(
+        sa.select(sa.func.count()).select_from(LoginSession).where(
+            LoginSession.ended_at.is_(None), last <= now - timedelta(seconds=loosest[1]),
+            _past_own_limit(last, now), sa.not_(_past_own_limit(created, now))))
+    return (over_duration or 0) + (idle_only or 0)
+
+
+def _due_rows(now: datetime, loosest: tuple[int, int]) -> set[str]:
+    """The ids of open sessions past a deadline, judged in Python (SQLite)."""
+    due = set()
+    for column, seconds in ((LoginSession.created_at, loosest[0]),
+                            (LoginSession.last_active_at, loosest[1])):
+        for row in db.session.execute(
+            sa.select(LoginSession.id, LoginSession.created_at, LoginSession.last_active_at,
+                      _limit_of(LoginSession.created_at), _limit_of(LoginSession.last_active_at))
+            .where(LoginSession.ended_at.is_(None), column <= now - timedelta(seconds=seconds))
+        ):
+            if _expiry(timedelta(seconds=row[3]), timedelta(seconds=row[4]), row[1], row[2], now):
+                due.add(row[0])
+    return due
+
+
+def due_for_purge(now: datetime, retention: timedelta) -> int:
+    return db.session.scalar(sa.select(sa.func.count()).select_from(LoginSession).where(
+        LoginSession.ended_at < now - retention)) or 0
+
+
+def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001", "55P03")
+
+
+def _with_retries(work):
+    for attempt in range(_RETRIES):
+        try:
+            result = work()
+            db.session.commit()
+            return result
+        except sa.exc.DBAPIError as exc:
+            db.session.rollback()
+            if not _is_retryable(exc) or attempt == _RETRIES - 1:
+                raise
+    return None  # pragma: no cover - the loop returns or raises
+
+
+def expire_due(now: datetime, *, batch: int = 500, progress=None, actor: str = "sweep") -> int:
+    """End every open session past a deadline, ``batch`` at a time; returns how many.
+
+    Two passes: sessions past their maximum duration, then those idle too long. Each walks
+    one partial index (open sessions by created_at, by last_active_at) once, by keyset,
+    from the loosest cutoff any account's policy allows; each row is judged by its
+    account's current policy (in the query on PostgreSQL, which also locks the batch's
+    sessions FOR NO KEY UPDATE SKIP LOCKED, so concurrent sweeps share the work)."""
+    loosest = db.session.execute(sa.select(sa.func.min(Account.max_session_duration),
+                                           sa.func.min(Account.idle_timeout))).one()
+    db.session.commit()
+    if loosest[0] is None:
+        return 0
+    expired = 0
+    for column, seconds in ((LoginSession.created_at, loosest[0]),
+                            (LoginSession.last_active_at, loosest[1])):
+        query = (
+            sa.select(LoginSession.id, LoginSession.account_id, LoginSession.user_id,
+                      LoginSession.created_at, LoginSession.last_active_at,
+                      _limit_of(LoginSession.created_at).label("max_duration"),
+                      _limit_of(LoginSession.last_active_at).label("idle_timeout"))
+            .where(LoginSession.ended_at.is_(None), column <= now - timedelta(seconds=seconds))
+            .order_by(column, LoginSession.id)
             .limit(batch)
-        ).all()
-        if not rows:
-            break
-        last_id = rows[-1].id
-        for session in rows:
-            reason = accounts[session.account_id].expiry_reason(session, now)
-            if reason is not None and end(session, reason, now=now, actor="sweep"):
-                result.expired += 1
-        db.session.commit()
-        if progress:
-            progress(len(rows))
-    cutoff = now - retention
-    while True:
-        ids = db.session.scalars(
-            sa.select(LoginSession.id).where(LoginSession.ended_at < cutoff).limit(batch)
-        ).all()
-        if not ids:
-            break
-        purge(ids)
-        db.session.commit()
-        result.purged += len(ids)
-    return result
+            .with_for_update(of=LoginSession, skip_locked=True, key_share=True)
+        )
+        exact = _past_own_limit(column, now)
+        if exact is not None:
+            query = query.where(exact)
+        position: tuple[datetime, str] | None = None
+        while True:
+            page = query
+            if position is not None:
+                page = page.where(sa.tuple_(column, LoginSession.id) > position)
+            rows, ended = _with_retries(lambda page=page: _expire_page(page, now=now, actor=actor))
+            if not rows:
+                break
+            position = (getattr(rows[-1], column.key), rows[-1].id)
+            expired += ended
+            if progress and ended:
+                progress(ended)
+    return expired
 
 
-def purge(session_ids: list[str]) -> None:
-    """Delete sessions and everything that hangs off them."""
-    family_ids = sa.select(TokenFamily.id).where(TokenFamily.session_id.in_(session_ids))
-    db.session.execute(sa.delete(RefreshToken).where(RefreshToken.family_id.in_(family_ids)))
-    db.session.execute(sa.delete(TokenFamily).where(TokenFamily.session_id.in_(session_ids)))
+def _expire_page(query, *, now: datetime, actor: str) -> tuple[list, int]:
+    """One batch, one transaction: read (and on PostgreSQL lock, skipping sessions another
+    transaction holds) a page of candidates and end those past a deadline."""
+    _relaxed_commit()
+    rows = db.session.execute(query).all()
+    limits: dict[tuple[int, int], tuple[timedelta, timedelta]] = {}
+    endings = []
+    for row in rows:
+        key = (row.max_duration, row.idle_timeout)
+        if key not in limits:
+            limits[key] = (timedelta(seconds=key[0]), timedelta(seconds=key[1]))
+        expiry = _expiry(*limits[key], row.created_at, row.last_active_at, now)
+        if expiry:
+            endings.append(_Ending(row.id, row.account_id, row.user_id, expiry[0],
+                                   min(now, expiry[1])))
+    return rows, end_many(endings, now=now, actor=actor)
+
+
+@dataclass(frozen=True)
+class _Ending:
+    session_id: str
+    account_id: int
+    user_id: int
+    reason: EndReason
+    ended_at: datetime
+
+
+def end_many(endings: list[_Ending], *, now: datetime, actor: str) -> int:
+    """``end`` for many sessions in a few statements, with the same outcome row for row:
+    session marked (ended at its deadline), families revoked, pending codes spent, one
+    back-channel logout per client with a URI that holds a family, one audit event. The
+    caller holds the sessions' locks (or SQLite's writer lock) and commits; keep in step
+    with ``end``."""
+    if not endings:
+        return 0
+    ids = [e.session_id for e in endings]
+    if _postgresql():
+        updated = db.session.execute(_PG_END_SESSIONS, {
+            "ids": _joined(ids), "ended": _joined(_naive(e.ended_at).isoformat() for e in endings),
+            "reasons": _joined(str(e.reason) for e in endings), "now": _naive(now)}).rowcount
+    else:
+        table = LoginSession.__table__
+        updated = db.session.connection().execute(
+            sa.update(table)
+            .where(table.c.id == sa.bindparam("b_id"), table.c.ended_at.is_(None))
+            .values(ended_at=sa.bindparam("b_ended_at"), end_reason=sa.bindparam("b_reason"),
+                    updated_at=now),
+            [{"b_id": e.session_id, "b_ended_at": e.ended_at, "b_reason": str(e.reason)}
+             for e in endings],
+        ).rowcount
+    if updated != len(endings):
+        # Only without row locks (another writer got in between): fall back to one at a time.
+        db.session.rollback()
+        return sum(end(db.session.get(LoginSession, e.session_id), e.reason, now=now, actor=actor)
+                   for e in endings)
+    revoked: dict[str, int] = {}
+    for (session_id,) in db.session.execute(
+        sa.update(TokenFamily)
+        .where(_among(TokenFamily.session_id, ids), TokenFamily.revoked_at.is_(None))
+        .values(revoked_at=now, revoke_reason="session_ended")
+        .returning(TokenFamily.session_id)
+        .execution_options(synchronize_session=False)
+    ):
+        revoked[session_id] = revoked.get(session_id, 0) + 1
     db.session.execute(
-        sa.delete(AuthorizationCode).where(AuthorizationCode.session_id.in_(session_ids))
+        sa.update(AuthorizationCode)
+        .where(_among(AuthorizationCode.session_id, ids), AuthorizationCode.used_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
     )
-    db.session.execute(sa.delete(AuditEvent).where(AuditEvent.session_id.in_(session_ids)))
-    db.session.execute(sa.delete(LoginSession).where(LoginSession.id.in_(session_ids)))
+    notices: dict[str, int] = {}
+    for delivery in _enqueue_logouts(ids, now=now):
+        notices[delivery.session_id] = notices.get(delivery.session_id, 0) + 1
+    events, details = [], []
+    for e in endings:
+        detail = {"reason": str(e.reason), "families_revoked": revoked.get(e.session_id, 0)}
+        if notices.get(e.session_id):
+            detail["logout_notices"] = notices[e.session_id]
+        events.append("session.expired" if e.reason.is_expiry else "session.ended")
+        details.append(detail)
+    if _postgresql():
+        db.session.execute(_PG_AUDIT, {
+            "at": _naive(now), "actor": actor, "events": _joined(events),
+            "accounts": _joined(e.account_id for e in endings),
+            "users": _joined(e.user_id for e in endings), "sessions": _joined(ids),
+            "details": _joined((json.dumps(d) for d in details), _SEP), "sep": _SEP})
+    else:
+        db.session.execute(sa.insert(AuditEvent), [
+            {"at": now, "event": event, "account_id": e.account_id, "user_id": e.user_id,
+             "session_id": e.session_id, "client_id": None, "actor": actor, "ip": None,
+             "detail": detail} for e, event, detail in zip(endings, events, details, strict=True)])
+    for (event, reason), count in Counter(
+            (event, d["reason"]) for event, d in zip(events, details, strict=True)).items():
+        EVENTS.labels(event, reason).inc(count)
+    return len(endings)
+
+
+# PostgreSQL: one statement per batch whatever its size, its lists passed as one string
+# each and split by the server (ids are URL-safe base64, JSON text never holds a raw
+# control character): binding a thousand-element array costs more than the statement.
+# Datetimes go in naive UTC, as UTCDateTime stores them.
+_SEP = "\x1f"
+_PG_END_SESSIONS = sa.text(
+    "UPDATE login_sessions AS s SET ended_at = v.ended_at, end_reason = v.reason, "
+    "updated_at = :now "
+    "FROM unnest(string_to_array(:ids, ','), CAST(string_to_array(:ended, ',') AS timestamp[]), "
+    "string_to_array(:reasons, ',')) AS v(id, ended_at, reason) "
+    "WHERE s.id = v.id AND s.ended_at IS NULL")
+_PG_AUDIT = sa.text(
+    "INSERT INTO audit_events (at, event, account_id, user_id, session_id, client_id, actor, "
+    "ip, detail) "
+    "SELECT :at, v.event, v.account_id, v.user_id, v.session_id, NULL, :actor, NULL, "
+    "CAST(v.detail AS json) "
+    "FROM unnest(string_to_array(:events, ','), CAST(string_to_array(:accounts, ',') AS integer[]), "
+    "CAST(string_to_array(:users, ',') AS integer[]), string_to_array(:sessions, ','), "
+    "string_to_array(:details, :sep)) AS v(event, account_id, user_id, session_id, detail)")
+
+
+def _joined(values, sep: str = ",") -> str:
+    return sep.join(map(str, values))
+
+
+def _relaxed_commit() -> None:
+    """A sweep batch need not wait for its commit to reach the disk (PostgreSQL): were the
+    server to crash right after, the batch is simply undone, the sessions in it are still
+    past their deadlines (so inactive at every check) and the next sweep ends them again.
+    Waiting would cost a flush of the batch's WAL per transaction."""
+    if _postgresql():
+        db.session.execute(sa.text("SET LOCAL synchronous_commit = off"))
+
+
+def _postgresql() -> bool:
+    return db.session.get_bind().dialect.name == "postgresql"
+
+
+def _naive(when: datetime) -> datetime:
+    return when.astimezone(UTC).replace(tzinfo=None)
+
+
+def _among(column, values: list):
+    """``column IN values``: one array parameter on PostgreSQL (a short statement, whatever
+    the batch size), an expanded list elsewhere."""
+    if _postgresql():
+        return column == sa.any_(sa.cast(sa.func.string_to_array(_joined(values), ","),
+                                         postgresql.ARRAY(column.type)))
+    return column.in_(values)
+
+
+@dataclass(frozen=True)
+class QueuedDelivery:
+    """A delivery written by ``end_many``: what the after-commit attempt needs (its id)."""
+
+    id: int
+    session_id: str
+
+
+def _enqueue_logouts(session_ids: list[str], *, now: datetime) -> list[QueuedDelivery]:
+    """``backchannel.enqueue`` for many sessions in one INSERT ... SELECT: one delivery per
+    (session, client with a back-channel URI that holds a family under it), picked up
+    after commit like theirs."""
+    targets = (
+        sa.select(TokenFamily.session_id, TokenFamily.client_id, User.sub,
+                  Client.backchannel_logout_uri, sa.literal(now, LogoutDelivery.created_at.type),
+                  sa.literal(now, LogoutDelivery.next_attempt_at.type), sa.literal(0))
+        .join(Client, Client.client_id == TokenFamily.client_id)
+        .join(LoginSession, LoginSession.id == TokenFamily.session_id)
+        .join(User, User.id == LoginSession.user_id)
+        .where(_among(TokenFamily.session_id, session_ids),
+               Client.backchannel_logout_uri.is_not(None))
+        .distinct()
+    )
+    deliveries = [QueuedDelivery(row.id, row.session_id) for row in db.session.execute(
+        sa.insert(LogoutDelivery)
+        .from_select(["session_id", "client_id", "subject", "uri", "created_at",
+                      "next_attempt_at", "attempts"], targets)
+        .returning(LogoutDelivery.id, LogoutDelivery.session_id)
+    )]
+    if deliveries:
+        db.session.info.setdefault(backchannel.PENDING_KEY, []).extend(deliveries)
+    return deliveries
+
+
+def purge_before(cutoff: datetime, *, batch: int = 500, progress=None) -> int:
+    """Delete sessions that ended before ``cutoff`` and everything under them, in batches."""
+    purged = 0
+
+    def one_batch() -> tuple[int, int]:
+        _relaxed_commit()
+        ids = db.session.scalars(
+            sa.select(LoginSession.id)
+            .where(LoginSession.ended_at < cutoff)
+            .order_by(LoginSession.ended_at, LoginSession.id)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        ).all()
+        return len(ids), purge(ids) if ids else 0
+
+    while True:
+        found, deleted = _with_retries(one_batch)
+        if not found:
+            break
+        purged += deleted
+        if progress:
+            progress(deleted)
+    return purged
+
+
+def sweep(now: datetime, retention: timedelta, *, batch: int = 500, progress=None,
+          purge_progress=None) -> SweepResult:
+    """Mark sessions past their deadlines expired and purge old history, in batches.
+    Each batch is its own short transaction so logins are never stalled for long, and
+    several sweeps may run at once (PostgreSQL): each session is ended exactly once."""
+    expired = expire_due(now, batch=batch, progress=progress)
+    purged = purge_before(now - retention, batch=batch, progress=purge_progress)
+    return SweepResult(expired=expired, purged=purged)
+
+
+def purge(session_ids: list[str]) -> int:
+    """Delete sessions and everything that hangs off them; returns how many sessions."""
+    family_ids = sa.select(TokenFamily.id).where(_among(TokenFamily.session_id, session_ids))
+    for statement in (
+        sa.delete(RefreshToken).where(RefreshToken.family_id.in_(family_ids)),
+        sa.delete(TokenFamily).where(_among(TokenFamily.session_id, session_ids)),
+        sa.delete(AuthorizationCode).where(_among(AuthorizationCode.session_id, session_ids)),
+        sa.delete(AuditEvent).where(_among(AuditEvent.session_id, session_ids)),
+    ):
+        db.session.execute(statement.execution_options(synchronize_session=False))
+    return db.session.execute(
+        sa.delete(LoginSession).where(_among(LoginSession.id, session_ids))
+        .execution_options(synchronize_session=False)
+    ).rowcount
 
 
 # -- what users and administrators see -----------------------------------------------
