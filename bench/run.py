@@ -241,43 +241,80 @@ def _percentiles(latencies: list[float]) -> dict:
             "p99_ms": pick(0.99), "max_ms": round(1000 * ordered[-1], 1)}
 
 
+def _lock_waits(url: str, stop: threading.Event, seen: list) -> None:
+    """Sample, ten times a second, how many backends of the database wait for a lock."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            while not stop.is_set():
+                seen.append(conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")).scalar())
+                conn.commit()
+                time.sleep(0.1)
+    finally:
+        engine.dispose()
+
+
 def check_sweep(base: str, env: dict, seeded: dict, csrf: str, cookie: str, *,
                 quiet_seconds: int, clients: int, parallel: int = 1) -> dict:
-    """Login latency with nothing else running, then while `idp sweep` expires the history."""
+    """Login latency with nothing else running, then while `idp sweep` expires the history,
+    then quiet again (the machine's other load moves too: both quiet phases bracket it),
+    and how often any backend waited for a lock during the sweep."""
     samples: list = []
     errors: list = []
-    stop = threading.Event()
+    waits: list = []
+    stop, stop_sampling = threading.Event(), threading.Event()
     threads = [threading.Thread(target=_login_loop, args=(base, seeded, csrf, cookie, stop,
                                                           samples, errors))
                for _ in range(clients)]
     for thread in threads:
         thread.start()
+    sampler = None
     try:
         time.sleep(quiet_seconds)
         sweep_started = time.monotonic()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         click.echo(f"quiet phase done ({len(samples)} sign-ins); sweeping", err=True)
+        if env.get("IDP_DATABASE_URL", "").startswith("postgresql"):
+            sampler = threading.Thread(target=_lock_waits,
+                                       args=(env["IDP_DATABASE_URL"], stop_sampling, waits))
+            sampler.start()
         sweep = subprocess.run([str(Path(sys.executable).parent / "idp"), "sweep", "--json",
                                 "--parallel", str(parallel)],
                                env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
         sweep_ended = time.monotonic()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        stop_sampling.set()
+        click.echo("sweep done; quiet again", err=True)
+        time.sleep(quiet_seconds)
     finally:
         stop.set()
+        stop_sampling.set()
         for thread in threads:
             thread.join(timeout=60)
+        if sampler is not None:
+            sampler.join(timeout=10)
     if sweep.returncode != 0:
         raise SystemExit(f"idp sweep failed: {sweep.stderr[-2000:]}")
-    quiet = [d for t, d in samples if t < sweep_started]
+    before = [d for t, d in samples if t + d < sweep_started]
     during = [d for t, d in samples if sweep_started <= t and t + d <= sweep_ended]
+    later = [d for t, d in samples if t > sweep_ended]
     result = {"sweep": json.loads(sweep.stdout), "sweep_seconds": round(sweep_ended - sweep_started, 1),
               "sweep_process_cpu_seconds": round(after.ru_utime + after.ru_stime
                                                  - children.ru_utime - children.ru_stime, 1),
-              "login_quiet": _percentiles(quiet), "login_during_sweep": _percentiles(during),
+              "login_quiet_before": _percentiles(before), "login_during_sweep": _percentiles(during),
+              "login_quiet_after": _percentiles(later),
+              "lock_wait_samples": {"taken": len(waits), "with_a_wait": sum(1 for w in waits if w),
+                                    "most_waiting": max(waits, default=0)},
               "login_errors": len(errors), "login_clients": clients, "sweep_parallel": parallel}
-    q, d = result["login_quiet"].get("p99_ms"), result["login_during_sweep"].get("p99_ms")
-    if q and d:
-        result["p99_ratio"] = round(d / q, 2)
+    during_p99 = result["login_during_sweep"].get("p99_ms")
+    for phase in ("before", "after"):
+        quiet = result[f"login_quiet_{phase}"].get("p99_ms")
+        if quiet and during_p99:
+            result[f"p99_ratio_vs_{phase}"] = round(during_p99 / quiet, 2)
     return result
 
 
@@ -300,8 +337,9 @@ def check_sweep(base: str, env: dict, seeded: dict, csrf: str, cookie: str, *,
 @click.option("--stale", default=0.15, show_default=True, type=click.FloatRange(0, 1),
               help="Share of sessions open but past a deadline (what idp sweep expires).")
 @click.option("--sweep-check", is_flag=True,
-              help="Instead of the endpoint table: login latency for --duration s, then while "
-                   "`idp sweep` runs over the seeded history; prints both p99 and the sweep time.")
+              help="Instead of the endpoint table: login latency for --duration s, while "
+                   "`idp sweep` runs over the seeded history, then --duration s again; prints "
+                   "the p99 of each, lock waits seen and the sweep time.")
 @click.option("--login-clients", default=2, show_default=True, type=int,
               help="Concurrent sign-ins during --sweep-check.")
 @click.option("--sweep-parallel", default=1, show_default=True, type=int,

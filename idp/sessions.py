@@ -450,7 +450,7 @@ def expire_due(now: datetime, *, batch: int = 500, progress=None, actor: str = "
 def _expire_page(query, *, now: datetime, actor: str) -> tuple[list, int]:
     """One batch, one transaction: read (and on PostgreSQL lock, skipping sessions another
     transaction holds) a page of candidates and end those past a deadline."""
-    _relaxed_commit()
+    _batch_settings()
     rows = db.session.execute(query).all()
     limits: dict[tuple[int, int], tuple[timedelta, timedelta]] = {}
     endings = []
@@ -483,6 +483,14 @@ def end_many(endings: list[_Ending], *, now: datetime, actor: str) -> int:
     if not endings:
         return 0
     ids = [e.session_id for e in endings]
+    # Pending codes first, as ``end`` does: an exchange that already claimed one holds it
+    # until it commits, so this waits for it and the family it made is revoked below.
+    db.session.execute(
+        sa.update(AuthorizationCode)
+        .where(_among(AuthorizationCode.session_id, ids), AuthorizationCode.used_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
     if _postgresql():
         updated = db.session.execute(_PG_END_SESSIONS, {
             "ids": _joined(ids), "ended": _joined(_naive(e.ended_at).isoformat() for e in endings),
@@ -511,12 +519,6 @@ def end_many(endings: list[_Ending], *, now: datetime, actor: str) -> int:
         .execution_options(synchronize_session=False)
     ):
         revoked[session_id] = revoked.get(session_id, 0) + 1
-    db.session.execute(
-        sa.update(AuthorizationCode)
-        .where(_among(AuthorizationCode.session_id, ids), AuthorizationCode.used_at.is_(None))
-        .values(used_at=now)
-        .execution_options(synchronize_session=False)
-    )
     notices: dict[str, int] = {}
     for delivery in _enqueue_logouts(ids, now=now):
         notices[delivery.session_id] = notices.get(delivery.session_id, 0) + 1
@@ -569,13 +571,19 @@ def _joined(values, sep: str = ",") -> str:
     return sep.join(map(str, values))
 
 
-def _relaxed_commit() -> None:
-    """A sweep batch need not wait for its commit to reach the disk (PostgreSQL): were the
-    server to crash right after, the batch is simply undone, the sessions in it are still
-    past their deadlines (so inactive at every check) and the next sweep ends them again.
-    Waiting would cost a flush of the batch's WAL per transaction."""
+def _batch_settings() -> None:
+    """For one sweep transaction (PostgreSQL):
+
+    - its commit need not wait for the disk: were the server to crash right after, the
+      batch is simply undone, its sessions are still past their deadlines (inactive at
+      every check) and the next sweep ends them again; waiting would cost a flush of the
+      batch's WAL per transaction;
+    - it gives up waiting for a row lock before the deadlock detector (1 s) would pick a
+      victim: a request that holds a code or a family of a session the batch has locked,
+      and then wants that session, is never the one aborted; the batch is retried."""
     if _postgresql():
         db.session.execute(sa.text("SET LOCAL synchronous_commit = off"))
+        db.session.execute(sa.text("SET LOCAL lock_timeout = '500ms'"))
 
 
 def _postgresql() -> bool:
@@ -634,7 +642,7 @@ def purge_before(cutoff: datetime, *, batch: int = 500, progress=None) -> int:
     purged = 0
 
     def one_batch() -> tuple[int, int]:
-        _relaxed_commit()
+        _batch_settings()
         ids = db.session.scalars(
             sa.select(LoginSession.id)
             .where(LoginSession.ended_at < cutoff)
