@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,16 @@ from idp.clock import FrozenClock
 from idp.models import db
 
 PG_URL = os.environ.get("IDP_TEST_DATABASE_URL")
+
+
+def redis_up() -> bool:
+    """The machine's Redis on 127.0.0.1:6379 (CI has one; a fresh machine may not)."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
 PASSWORD = "correct horse battery staple"
 FAST_ARGON2 = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "ARGON2_PARALLELISM": 1}
 

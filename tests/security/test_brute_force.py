@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import re
 import secrets
-import socket
 
 import pytest
 import sqlalchemy as sa
 
 from idp import create_app
 from idp.models import User, db
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, redis_up
 from tests.security.conftest import ADA, Browser, audit_events, csrf_of, read, text_of
 
 GHOST = "ghost@example.com"  # no such user
@@ -219,15 +218,7 @@ def test_an_unreachable_rate_limit_store_falls_back_to_local_limits(settings, cl
             db.engine.dispose()
 
 
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.3):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _redis_up(), reason="no Redis on 127.0.0.1:6379")
+@pytest.mark.skipif(not redis_up(), reason="no Redis on 127.0.0.1:6379")
 def test_two_nodes_with_redis_count_failures_together(settings, clock, backend, make_user):
     """IDP_REDIS_URL: a guesser spreading attempts over two nodes meets one set of counters."""
     email = f"shared-{secrets.token_hex(6)}@example.com"  # unique: Redis outlives the test

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from idp import create_app
+from tests.conftest import redis_up
 from tests.flows import obtain_tokens
 from tests.relying_party import Browser, RelyingParty
-
-
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.3):
-            return True
-    except OSError:
-        return False
 
 
 def test_healthz_and_readyz_answer_without_a_session_or_rate_limit(client):
@@ -35,7 +26,7 @@ def test_readyz_shows_redis_but_stays_ready_when_it_is_down(settings, clock):
     assert app.config["RATELIMIT_STORAGE_URI"] == "redis://127.0.0.1:1/0"
 
 
-@pytest.mark.skipif(not _redis_up(), reason="no Redis on 127.0.0.1:6379")
+@pytest.mark.skipif(not redis_up(), reason="no Redis on 127.0.0.1:6379")
 def test_readyz_reports_a_reachable_redis(settings, clock):
     app = create_app({**settings, "REDIS_URL": "redis://127.0.0.1:6379/15"}, clock=clock)
     assert app.test_client().get("/readyz").json["redis"] == "ok"
