@@ -241,18 +241,24 @@ def _percentiles(latencies: list[float]) -> dict:
             "p99_ms": pick(0.99), "max_ms": round(1000 * ordered[-1], 1)}
 
 
-def _lock_waits(url: str, stop: threading.Event, seen: list) -> None:
-    """Sample, ten times a second, how many backends of the database wait for a lock."""
+def _lock_waits(url: str, stop: threading.Event, seen: list, what: dict) -> None:
+    """Sample, ten times a second, which backends of the database wait for a lock (the
+    start of the waiting statement, and of the statement of the backend it waits for)."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
             while not stop.is_set():
-                seen.append(conn.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'")).scalar())
+                rows = conn.execute(sa.text(
+                    "SELECT left(w.query, 60), left(b.query, 60) FROM pg_stat_activity w "
+                    "LEFT JOIN pg_stat_activity b ON b.pid = (pg_blocking_pids(w.pid))[1] "
+                    "WHERE w.datname = current_database() AND w.wait_event_type = 'Lock'")).all()
                 conn.commit()
+                seen.append(len(rows))
+                for waiting, blocking in rows:
+                    key = f"{' '.join(waiting.split())} <- {' '.join((blocking or '').split())}"
+                    what[key] = what.get(key, 0) + 1
                 time.sleep(0.1)
     finally:
         engine.dispose()
@@ -266,6 +272,7 @@ def check_sweep(base: str, env: dict, seeded: dict, csrf: str, cookie: str, *,
     samples: list = []
     errors: list = []
     waits: list = []
+    waiting_statements: dict = {}
     stop, stop_sampling = threading.Event(), threading.Event()
     threads = [threading.Thread(target=_login_loop, args=(base, seeded, csrf, cookie, stop,
                                                           samples, errors))
@@ -280,7 +287,8 @@ def check_sweep(base: str, env: dict, seeded: dict, csrf: str, cookie: str, *,
         click.echo(f"quiet phase done ({len(samples)} sign-ins); sweeping", err=True)
         if env.get("IDP_DATABASE_URL", "").startswith("postgresql"):
             sampler = threading.Thread(target=_lock_waits,
-                                       args=(env["IDP_DATABASE_URL"], stop_sampling, waits))
+                                       args=(env["IDP_DATABASE_URL"], stop_sampling, waits,
+                                             waiting_statements))
             sampler.start()
         sweep = subprocess.run([str(Path(sys.executable).parent / "idp"), "sweep", "--json",
                                 "--parallel", str(parallel)],
@@ -308,7 +316,8 @@ def check_sweep(base: str, env: dict, seeded: dict, csrf: str, cookie: str, *,
               "login_quiet_before": _percentiles(before), "login_during_sweep": _percentiles(during),
               "login_quiet_after": _percentiles(later),
               "lock_wait_samples": {"taken": len(waits), "with_a_wait": sum(1 for w in waits if w),
-                                    "most_waiting": max(waits, default=0)},
+                                    "most_waiting": max(waits, default=0),
+                                    "waiting <- blocking": waiting_statements},
               "login_errors": len(errors), "login_clients": clients, "sweep_parallel": parallel}
     during_p99 = result["login_during_sweep"].get("p99_ms")
     for phase in ("before", "after"):
