@@ -318,42 +318,55 @@ class Holder:
         return policy.expiry_reason(self, now) is None
 
 
-def _holder_statement() -> sa.Select:
-    """Built once: family, client, session, account and user, plus a revoked-jti probe."""
-    f, c, s = TokenFamily.__table__.c, Client.__table__.c, LoginSession.__table__.c
-    a, u, r = Account.__table__.c, User.__table__.c, RevokedAccessToken.__table__.c
-    return (
-        sa.select(f.id, f.client_id, f.scope, f.user_id, f.session_id, f.revoked_at,
-                  c.disabled_at, s.ended_at, s.created_at, s.last_active_at,
-                  a.max_session_duration, a.idle_timeout, u.id, u.sub, u.email, u.name,
-                  u.email_verified, u.created_at, r.jti)
-        .select_from(TokenFamily.__table__)
-        .join(Client.__table__, c.client_id == f.client_id)
-        .outerjoin(LoginSession.__table__, s.id == f.session_id)
-        .outerjoin(Account.__table__, a.id == s.account_id)
-        .outerjoin(User.__table__, u.id == s.user_id)
-        .outerjoin(RevokedAccessToken.__table__, r.jti == sa.bindparam("jti"))
-        .where(f.id == sa.bindparam("family_id"))
-    )
+_F, _C, _S = TokenFamily.__table__.c, Client.__table__.c, LoginSession.__table__.c
+_A, _U, _R = Account.__table__.c, User.__table__.c, RevokedAccessToken.__table__.c
+
+#: What ``holder_from`` reads, in order: family, its client, session, account policy, user.
+HOLDER_COLUMNS = (_F.id, _F.client_id, _F.scope, _F.user_id, _F.session_id, _F.revoked_at,
+                  _C.disabled_at, _S.ended_at, _S.created_at, _S.last_active_at,
+                  _A.max_session_duration, _A.idle_timeout, _U.id, _U.sub, _U.email, _U.name,
+                  _U.email_verified, _U.created_at)
 
 
-_HOLDER = _holder_statement()
+def holder_join() -> sa.Join:
+    """The family with everything its standing depends on (for ``HOLDER_COLUMNS``)."""
+    return (TokenFamily.__table__
+            .join(Client.__table__, _C.client_id == _F.client_id)
+            .outerjoin(LoginSession.__table__, _S.id == _F.session_id)
+            .outerjoin(Account.__table__, _A.id == _S.account_id)
+            .outerjoin(User.__table__, _U.id == _S.user_id))
 
 
-def load_holder(family_id: str, jti: str) -> tuple[Holder, bool] | None:
-    """The family's standing and whether this access token was revoked on its own."""
-    row = db.session.connection().execute(_HOLDER, {"family_id": family_id, "jti": jti}).first()
-    if row is None:
-        return None
+def holder_from(values) -> Holder | None:
+    """A ``Holder`` from the ``HOLDER_COLUMNS`` of a row (None when no family matched)."""
     (fid, client_id, scope, user_id, session_id, revoked_at, client_disabled_at, ended_at,
      created_at, last_active_at, max_duration, idle_timeout, uid, sub, email, name, verified,
-     user_created_at, revoked_jti) = row
+     user_created_at) = values
+    if fid is None:
+        return None
     user = None if uid is None else HolderUser(uid, sub, email, name, bool(verified),
                                                user_created_at)
-    holder = Holder(fid, client_id, scope, user_id, session_id, revoked_at, client_disabled_at,
-                    ended_at, created_at, last_active_at, max_duration or 0, idle_timeout or 0,
-                    user)
-    return holder, revoked_jti is not None
+    return Holder(fid, client_id, scope, user_id, session_id, revoked_at, client_disabled_at,
+                  ended_at, created_at, last_active_at, max_duration or 0, idle_timeout or 0,
+                  user)
+
+
+#: Family standing plus a probe for this access token's own revocation; built once.
+_HOLDER = (sa.select(*HOLDER_COLUMNS, _R.jti)
+           .select_from(holder_join().outerjoin(RevokedAccessToken.__table__,
+                                                _R.jti == sa.bindparam("jti")))
+           .where(_F.id == sa.bindparam("family_id")))
+
+
+def load_holder(family_id: str, jti: str, connection: sa.Connection | None = None
+                ) -> tuple[Holder, bool] | None:
+    """The family's standing and whether this access token was revoked on its own (read
+    on the request's session, or on ``connection`` for a read-only hot path)."""
+    connection = connection or db.session.connection()
+    row = connection.execute(_HOLDER, {"family_id": family_id, "jti": jti}).first()
+    if row is None:
+        return None
+    return holder_from(row[:-1]), row[-1] is not None
 
 
 @dataclass
@@ -405,10 +418,10 @@ def access_token_claims(
     return claims
 
 
-def find_access_token(
-    value: str, *, keys: KeyStore, issuer: str, now: datetime
-) -> AccessToken | None:
-    """Verify the signature (cached per token) and read its family's standing in one query."""
+def access_claims(value: str, *, keys: KeyStore, issuer: str, now: datetime) -> dict | None:
+    """The claims of one of our access tokens with a valid signature (cached per token),
+    issuer and type, or None. Expiry is the caller's to judge: an expired token of ours is
+    still ours (introspection answers it inactive rather than unknown)."""
     if value.count(".") != 2:
         return None
     try:
@@ -417,10 +430,21 @@ def find_access_token(
         )
     except pyjwt.InvalidTokenError:
         return None
-    family_id, jti = claims.get("fam"), claims.get("jti")
-    if not isinstance(family_id, str) or not isinstance(jti, str) or "exp" not in claims:
+    if not isinstance(claims.get("fam"), str) or not isinstance(claims.get("jti"), str) \
+            or "exp" not in claims:
         return None
-    found = load_holder(family_id, jti)
+    return claims
+
+
+def find_access_token(
+    value: str, *, keys: KeyStore, issuer: str, now: datetime,
+    connection: sa.Connection | None = None,
+) -> AccessToken | None:
+    """Verify the signature (cached per token) and read its family's standing in one query."""
+    claims = access_claims(value, keys=keys, issuer=issuer, now=now)
+    if claims is None:
+        return None
+    found = load_holder(claims["fam"], claims["jti"], connection)
     if found is None:
         return AccessToken(claims, None, True)
     return AccessToken(claims, *found)

@@ -163,4 +163,5 @@ def register(app: Flask) -> None:
     @app.teardown_request
     def rollback_leftovers(exc):
         """Anything a request did not commit is undone: no half-written state."""
-        db.session.rollback()
+        if db.session.registry.has():  # (read-only hot paths never open one)
+            db.session.rollback()

@@ -7,6 +7,7 @@ import json
 from urllib.parse import urlencode
 
 from authlib.common.urls import add_params_to_uri
+from authlib.consts import default_json_headers
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
@@ -26,10 +27,12 @@ from sqlalchemy.exc import IntegrityError
 from .. import sessions as sessions_domain
 from ..metrics import TOKENS
 from ..models import Consent, EndReason, db
+from ..oauth import introspection
 from ..oauth.endpoints import (
     ASSERTION_ALGORITHMS,
     INTROSPECTION_AUTH_METHODS,
     REVOCATION_AUTH_METHODS,
+    userinfo_answer,
 )
 from ..oauth.grants import CLIENT_AUTH_METHODS, Principal
 from ..oauth.server import SCOPES_SUPPORTED
@@ -315,8 +318,17 @@ def token():
     return response
 
 
+def _json(body: dict):
+    """The same response Authlib's endpoints give (JSON, no-store)."""
+    return _server().handle_response(200, body, default_json_headers)
+
+
 @bp.route("/userinfo", methods=["GET", "POST"])
 def userinfo():
+    claims = userinfo_answer(request.headers.get("Authorization"), keys=services().keys,
+                             issuer=config()["ISSUER"], now=now())
+    if claims is not None:
+        return _json(claims)
     response = _server().create_endpoint_response("userinfo")
     response.headers["Cache-Control"] = "no-store"
     challenge = response.headers.get("WWW-Authenticate", "")
@@ -333,6 +345,10 @@ def userinfo():
 @bp.post("/oauth/introspect")
 def introspect():
     with throttle.limit("INTROSPECTION_RATE_LIMIT", throttle.requesting_client_id()):
+        body = introspection.answer(request.form, request.headers.get("Authorization"),
+                                    keys=services().keys, issuer=config()["ISSUER"], now=now())
+        if body is not None:
+            return _json(body)
         response = _server().create_endpoint_response("introspection")
     response.headers["Cache-Control"] = "no-store"
     return _committing(response)
