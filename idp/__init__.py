@@ -10,7 +10,7 @@ from flask import Flask
 from flask_migrate import Migrate
 
 from . import config as config_module
-from . import devices, passwords
+from . import devices, passwords, sqlite
 from .clock import Clock
 from .keys import KeyStore
 from .models import db
@@ -70,16 +70,7 @@ def _setup_database(app: Flask) -> None:
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
     if url.startswith("sqlite"):
         with app.app_context():
-            sa.event.listen(db.engine, "connect", _sqlite_pragmas)
-
-
-def _sqlite_pragmas(connection, _record) -> None:
-    """WAL lets readers run beside the writer; foreign keys are off by default in SQLite."""
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+            sqlite.install(db.engine)
 
 
 def _setup_services(app: Flask, settings: dict, clock: Clock) -> None:

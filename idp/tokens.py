@@ -164,23 +164,33 @@ def claim_code(value: str, client_id: str, *, now: datetime, ip: str | None = No
 
 
 def issue_refresh(
-    family: TokenFamily, *, now: datetime, lifetime: timedelta
-) -> tuple[str, str]:
+    family: TokenFamily, *, now: datetime, lifetime: timedelta, pending: list | None = None
+) -> str:
     """A new refresh token in the family, never valid past its session's absolute
-    deadline. Written with one Core INSERT (no unit-of-work flush on the refresh path);
-    returns the value for the client and the row id."""
+    deadline; returns the value for the client. Written at once with one Core INSERT, or,
+    given ``pending``, appended there for ``insert_refresh`` (the refresh grant writes it
+    last, beside the rotation, so its write lock is short)."""
     row_id, secret, value = passwords.new_token()
     expires = now + lifetime
     if family.session is not None:
         expires = min(expires, SessionPolicy.of(family.session.account).absolute_deadline(
             family.session
         ))
+    row = {"id": row_id, "secret_hash": passwords.hash_secret(secret), "family_id": family.id,
+           "issued_at": now, "expires_at": expires}
+    if pending is not None:
+        pending.append(row)
+    else:
+        insert_refresh([row])
+    return value
+
+
+def insert_refresh(rows: list[dict]) -> None:
+    if not rows:
+        return
     if db.session.new:
         db.session.flush()  # a family started in this request exists before its token
-    db.session.connection().execute(_INSERT_REFRESH, {
-        "id": row_id, "secret_hash": passwords.hash_secret(secret), "family_id": family.id,
-        "issued_at": now, "expires_at": expires})
-    return value, row_id
+    db.session.connection().execute(_INSERT_REFRESH, rows)
 
 
 _INSERT_REFRESH = sa.insert(RefreshToken.__table__)

@@ -59,7 +59,7 @@ def family(ctx, clock, login, photos) -> TokenFamily:
 
 
 def refresh(family: TokenFamily, clock, lifetime: timedelta = REFRESH_LIFETIME) -> str:
-    value, _row = tokens.issue_refresh(family, now=clock.now(), lifetime=lifetime)
+    value = tokens.issue_refresh(family, now=clock.now(), lifetime=lifetime)
     db.session.commit()
     return value
 

@@ -3,7 +3,8 @@
 Each hook is a short call into ``tokens``/``sessions``. Hooks only flush; the
 token view commits once. The exceptions are reuse detection and a session found
 expired at refresh: those are their own state change, committed before the
-error is returned so the rollback of the failed request cannot undo them.
+error is returned so the rollback of the failed request cannot undo them. The
+refresh grant also commits its own writes, in its last step, to keep them short.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Principal:
     user: User
     session: LoginSession | None
     family: TokenFamily | None = None
+    #: Refresh-token rows the grant writes itself, last (see ``RefreshTokenGrant``).
+    pending: list | None = None
 
     def get_user_id(self) -> int:
         return self.user.id
@@ -167,12 +170,15 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         for name, value in self.activity.items():
             set_committed_value(session, name, value)
         set_committed_value(family, "last_issued_at", now())
-        return Principal(session.user, session, family)
+        self.principal = Principal(session.user, session, family, pending=[])
+        return self.principal
 
     def revoke_old_credential(self, refresh_token) -> None:
-        """Rotate, atomically, as the last step, then record the activity. Losing a
-        race to a concurrent presentation of the same token makes this one reuse:
-        nothing of this request is kept, the family is revoked (RFC 9700 §4.14.2)."""
+        """Rotate, atomically, as the last step, then record the activity, the family's
+        issue and the new refresh token, and commit: the only writes of the grant, back
+        to back, so SQLite's write lock and PostgreSQL's row locks last only that long.
+        Losing a race to a concurrent presentation of the same token makes this one
+        reuse: nothing of this request is kept, the family is revoked (RFC 9700 §4.14.2)."""
         if tokens.rotate_refresh(refresh_token, now=now()):
             family = refresh_token.family
             connection = db.session.connection()
@@ -182,6 +188,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             # Still unrevoked at write time: a session ended (or a family revoked) since
             # the reads above wins, and nothing is issued after it (invariant 2).
             if connection.execute(_FAMILY_ISSUED, {"family_id": family.id, "now": now()}).rowcount:
+                tokens.insert_refresh(self.principal.pending)
+                db.session.commit()  # nothing after this step can fail
                 return
             db.session.rollback()
             raise InvalidGrantError("The grant has been revoked.")

@@ -118,9 +118,9 @@ def generate_token(
         "scope": claims["scope"],
     }
     if include_refresh_token and family.session is not None:
-        token["refresh_token"], _ = tokens.issue_refresh(
-            family, now=current, lifetime=cfg["REFRESH_TOKEN_LIFETIME"]
-        )
+        token["refresh_token"] = tokens.issue_refresh(
+            family, now=current, lifetime=cfg["REFRESH_TOKEN_LIFETIME"],
+            pending=user.pending if user is not None else None)
     return token
 
 
