@@ -87,6 +87,15 @@ def _session_or_error(session: LoginSession | None) -> LoginSession:
     return session
 
 
+def _locked_session(session_id: str) -> LoginSession | None:
+    """The session a new family will stand on, read FOR SHARE (PostgreSQL): an ending in
+    progress holds the row, so this waits for it and sees the end, or the ending waits for
+    this family and revokes it (invariant 2). KEY SHARE would not do: it does not conflict
+    with the ending's UPDATE. (SQLite: the exchange already holds the one write lock.)"""
+    return db.session.get(LoginSession, session_id, populate_existing=True,
+                          with_for_update={"read": True, "of": LoginSession})
+
+
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
 
@@ -119,7 +128,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         """Kept, marked used: a second presentation must be recognised as reuse."""
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> Principal:
-        session = _session_or_error(db.session.get(LoginSession, authorization_code.session_id))
+        session = _session_or_error(_locked_session(authorization_code.session_id))
         family = tokens.start_family(
             session=session, client=self.request.client, scope=authorization_code.scope,
             now=now(),
@@ -310,10 +319,7 @@ class DeviceCodeGrant(_DeviceCodeGrant):
         ).rowcount
         if not claimed:
             raise InvalidGrantError("This device code has already been used.")
-        # Locked: an ending of this session waits for the family, or this sees the end.
-        session = _session_or_error(db.session.get(
-            LoginSession, credential.session_id, populate_existing=True,
-            with_for_update={"key_share": True, "of": LoginSession}))
+        session = _session_or_error(_locked_session(credential.session_id))
         family = tokens.start_family(session=session, client=credential.client,
                                      scope=credential.scope, now=current)
         return Principal(session.user, session, family)

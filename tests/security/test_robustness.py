@@ -57,7 +57,7 @@ def test_a_storage_failure_at_any_statement_of_introspection_never_answers_activ
     tokens = photos.tokens(browser)
     for token in (tokens["access_token"], tokens["refresh_token"]):
         statements = outage.count(lambda t=token: photos.introspect(t))
-        assert statements >= 2
+        assert statements >= 1  # one: the caller and the token's standing together
         for n in range(1, statements + 1):
             with outage.at(n):
                 assert_unavailable(photos.introspect(token), f"introspect, statement {n}")
