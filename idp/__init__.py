@@ -10,7 +10,7 @@ from flask import Flask
 from flask_migrate import Migrate
 
 from . import config as config_module
-from . import devices, passwords, sqlite
+from . import devices, passwords, postgres, sqlite
 from .clock import Clock
 from .keys import KeyStore
 from .models import db
@@ -54,7 +54,7 @@ def create_app(overrides: dict | None = None, *, clock: Clock | None = None) -> 
 def _engine_options(url: str) -> dict:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30, "check_same_thread": False}}
-    options: dict = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
+    options: dict = {"pool_size": 10, "max_overflow": 10}  # (stale connections: postgres.py)
     if url.startswith("postgresql") and "connect_timeout" not in sa.engine.make_url(url).query:
         # A server that accepts connections but never answers (hung, overloaded) must not
         # hold a request, and soon every thread, forever: give up connecting (503).
@@ -68,9 +68,11 @@ def _setup_database(app: Flask) -> None:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
-    if url.startswith("sqlite"):
-        with app.app_context():
+    with app.app_context():
+        if url.startswith("sqlite"):
             sqlite.install(db.engine)
+        elif url.startswith("postgresql"):
+            postgres.install(db.engine)
 
 
 def _setup_services(app: Flask, settings: dict, clock: Clock) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import weakref
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -44,6 +45,22 @@ class Base(DeclarativeBase):
 
 # Objects stay readable after commit: pages render what they loaded without a query per row.
 db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
+
+
+def read_only() -> sa.Connection:
+    """A pooled connection in autocommit for one read-only hot path (introspection,
+    userinfo): no ORM session to set up, and on PostgreSQL no BEGIN and ROLLBACK round
+    trips around the one query. Use as a context manager."""
+    engine = db.engine
+    reader = _READERS.get(engine)
+    if reader is None:
+        # (SQLite: switching a connection's isolation level costs PRAGMAs, not round trips)
+        reader = _READERS[engine] = engine.execution_options(
+            isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else engine
+    return reader.connect()
+
+
+_READERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class Role(enum.StrEnum):

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import audit, devices, passwords, tokens
 from ..keys import KeyStore
-from ..models import Client, DeviceCode, RefreshToken, UsedAssertion, db
+from ..models import Client, DeviceCode, RefreshToken, UsedAssertion, db, read_only
 from ..runtime import client_ip, config, now, services
 from . import introspection
 from .grants import Principal, user_info
@@ -192,7 +192,7 @@ def userinfo_answer(authorization: str | None, *, keys: KeyStore, issuer: str,
     scheme, _, value = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         return None
-    with db.engine.connect() as connection:  # read-only: no ORM session to set up
+    with read_only() as connection:
         access = tokens.find_access_token(value.strip(), keys=keys, issuer=issuer, now=now,
                                           connection=connection)
     if access is None or access.holder is None or access.holder.user is None \

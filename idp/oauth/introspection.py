@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from .. import passwords, tokens
 from ..keys import KeyStore
-from ..models import Client, RefreshToken, RevokedAccessToken, TokenFamily, db
+from ..models import Client, RefreshToken, RevokedAccessToken, TokenFamily, read_only
 
 TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
 
@@ -83,7 +83,7 @@ def answer(form, authorization: str | None, *, keys: KeyStore, issuer: str,
     value, hint = form.get("token"), form.get("token_type_hint")
     if credentials is None or value is None or (hint and hint not in TOKEN_TYPE_HINTS):
         return None
-    with db.engine.connect() as connection:  # read-only: no ORM session to set up
+    with read_only() as connection:
         return _answer(connection, value, *credentials, keys=keys, issuer=issuer, now=now)
 
 
