@@ -387,6 +387,9 @@ def main(database_url, sessions, fresh, workers, server, duration, connections, 
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             (RESULTS / f"{stamp}-sweep-check-{sessions}.json").write_text(json.dumps(result))
         rows = []
+        if not sweep_check:  # warm the workers first: the reference row must not pay for it
+            wrk(f"{base}/healthz", LUA / "get.lua", {**os.environ, "BENCH_LUA_DIR": str(LUA)},
+                3, connections, 2)
         for name, script, path, data in [] if sweep_check else ENDPOINTS:
             if only and not any(part in name for part in only.split(",")):
                 continue
