@@ -251,6 +251,13 @@ def refresh_reused(token: RefreshToken, *, now: datetime, ip: str | None) -> Non
     )
 
 
+def refresh_active(holder: Holder | None, expires_at: datetime, rotated_at: datetime | None,
+                   now: datetime) -> bool:
+    """A refresh token is active while unexpired and not yet rotated, and its family is."""
+    return (holder is not None and rotated_at is None and expires_at > now
+            and holder.active(now))
+
+
 def claim_refresh(value: str, *, now: datetime, ip: str | None = None) -> Claim:
     """Present and rotate in one step: the first presentation wins; any other is reuse."""
     claim = present_refresh(value, now=now, ip=ip)

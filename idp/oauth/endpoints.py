@@ -68,7 +68,8 @@ class FoundToken:
     def is_revoked(self) -> bool:
         if self.access:
             return not self.access.active(now())
-        return not self.holder.active(now())
+        return not tokens.refresh_active(self.holder, self.refresh.expires_at,
+                                         self.refresh.rotated_at, now())
 
     def audience(self) -> list[str]:
         if self.access:

@@ -6,7 +6,8 @@ standing (family, client, session, account policy, user). Authlib's endpoint cla
 more than the rest of the request together, and on PostgreSQL every extra round trip
 costs as much again. Anything else (private_key_jwt, missing or wrong credentials, bad
 parameters) returns None here and goes the full Authlib path, which gives the protocol's
-errors; both paths build the answer with ``body`` and judge it with ``Holder.active``.
+errors; both paths build the answer with ``body`` and judge the token with the rules in
+``tokens`` (``AccessToken.active``, ``refresh_active``).
 """
 
 from __future__ import annotations
@@ -96,14 +97,12 @@ def _answer(connection: sa.Connection, value: str, client_id: str, secret: str, 
             "client_id": client_id, "family_id": claims["fam"], "jti": claims["jti"]}).first()
         if not _authenticated(row, secret):
             return None
-        holder = tokens.holder_from(row[3:-1])
+        access = tokens.AccessToken(claims, tokens.holder_from(row[3:-1]), row[-1] is not None)
         audience = claims.get("aud", [])
         audience = [audience] if isinstance(audience, str) else list(audience)
-        if (holder is None or row[-1] is not None or claims["exp"] <= now.timestamp()
-                or not _permitted(client_id, row[2], holder, audience)
-                or not holder.active(now)):
+        if not access.active(now) or not _permitted(client_id, row[2], access.holder, audience):
             return INACTIVE
-        return body(holder, issuer=issuer, scope=claims.get("scope", ""), claims=claims)
+        return body(access.holder, issuer=issuer, scope=access.scope, claims=claims)
     parts = passwords.split_token(value)
     if parts is None:
         row = connection.execute(_CALLER_ONLY, {"client_id": client_id}).first()
@@ -115,9 +114,8 @@ def _answer(connection: sa.Connection, value: str, client_id: str, secret: str, 
     holder = tokens.holder_from(row[3:-4])
     token_hash, issued_at, expires_at, rotated_at = row[-4:]
     if (holder is None or not passwords.verify_secret(parts[1], token_hash)
-            or expires_at <= now or rotated_at is not None
-            or not _permitted(client_id, row[2], holder, [holder.client_id])
-            or not holder.active(now)):
+            or not tokens.refresh_active(holder, expires_at, rotated_at, now)
+            or not _permitted(client_id, row[2], holder, [holder.client_id])):
         return INACTIVE
     return body(holder, issuer=issuer, scope=holder.scope, issued_at=issued_at,
                 expires_at=expires_at)
