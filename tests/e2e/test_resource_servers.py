@@ -253,6 +253,47 @@ def test_a_wrong_token_type_hint_does_not_hide_an_access_token(world):
     assert body["token_type"] == "Bearer" and body["jti"] == unverified(token["access_token"])["jti"]
 
 
+def test_the_one_query_answers_are_the_full_endpoints_answers(world, monkeypatch):
+    """Introspection and userinfo answer their common case in one query, outside Authlib's
+    endpoint classes (idp/oauth/introspection.py, endpoints.userinfo_answer). Turned off,
+    the full endpoints must answer every case byte for byte the same."""
+    from idp.oauth import introspection
+    from idp.web import oidc
+
+    token, other = world.tokens(), world.tokens()
+    rotated = world.rp.refresh(other["refresh_token"])
+    assert rotated.status_code == 200
+    cases = [token["access_token"], token["refresh_token"], other["refresh_token"],
+             rotated.json()["refresh_token"], rotated.json()["access_token"], "not-a-token",
+             token["access_token"][:-4] + "AAAA"]
+
+    def answers():
+        introspected = [world.rp.introspect(value).content for value in cases]
+        hinted = [world.rp.introspect(value, token_type_hint="refresh_token").content
+                  for value in cases]
+        userinfo = [(r.status_code, r.content) for r in (world.rp.userinfo(value)
+                                                         for value in cases)]
+        return introspected, hinted, userinfo
+
+    answered = []
+
+    def spying(real):
+        def call(*args, **kwargs):
+            answered.append(real(*args, **kwargs))
+            return answered[-1]
+        return call
+
+    monkeypatch.setattr(introspection, "answer", spying(introspection.answer))
+    monkeypatch.setattr(oidc, "userinfo_answer", spying(oidc.userinfo_answer))
+    fast = answers()
+    assert sum(a is not None for a in answered) >= 12  # the one-query path did answer
+    assert b'"active": true' in fast[0][0] and b'"active": false' in fast[0][2]
+    assert fast[2][0][0] == 200 and fast[2][5][0] == 401
+    monkeypatch.setattr(introspection, "answer", lambda *args, **kwargs: None)
+    monkeypatch.setattr(oidc, "userinfo_answer", lambda *args, **kwargs: None)
+    assert answers() == fast
+
+
 # -- introspection: everything else is exactly {"active": false} -------------------------------------
 
 
