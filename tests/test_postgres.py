@@ -12,7 +12,8 @@ from idp.models import db
 @pytest.fixture
 def pg(app, backend):
     if backend.kind != "postgresql":
-        pytest.skip("PostgreSQL connections: set IDP_TEST_DATABASE_URL (.ci/run does)")
+        pytest.skip("PostgreSQL connection pool: runs in the postgresql variant "
+                    "(IDP_TEST_DATABASE_URL, which .ci/run sets)")
     with app.app_context():
         yield db.engine
 
