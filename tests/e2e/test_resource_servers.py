@@ -13,6 +13,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -267,12 +268,15 @@ def test_the_one_query_answers_are_the_full_endpoints_answers(world, monkeypatch
              rotated.json()["refresh_token"], rotated.json()["access_token"], "not-a-token",
              token["access_token"][:-4] + "AAAA"]
 
+    def seen(response):
+        return (response.status_code, response.content, response.headers.get("Content-Type"),
+                response.headers.get("Cache-Control"), response.headers.get("Pragma"))
+
     def answers():
-        introspected = [world.rp.introspect(value).content for value in cases]
-        hinted = [world.rp.introspect(value, token_type_hint="refresh_token").content
+        introspected = [seen(world.rp.introspect(value)) for value in cases]
+        hinted = [seen(world.rp.introspect(value, token_type_hint="refresh_token"))
                   for value in cases]
-        userinfo = [(r.status_code, r.content) for r in (world.rp.userinfo(value)
-                                                         for value in cases)]
+        userinfo = [seen(world.rp.userinfo(value)) for value in cases]
         return introspected, hinted, userinfo
 
     answered = []
@@ -287,11 +291,25 @@ def test_the_one_query_answers_are_the_full_endpoints_answers(world, monkeypatch
     monkeypatch.setattr(oidc, "userinfo_answer", spying(oidc.userinfo_answer))
     fast = answers()
     assert sum(a is not None for a in answered) >= 12  # the one-query path did answer
-    assert b'"active": true' in fast[0][0] and b'"active": false' in fast[0][2]
+    assert b'"active": true' in fast[0][0][1] and b'"active": false' in fast[0][2][1]
+    assert fast[0][0][2:] == ("application/json", "no-store", "no-cache")
     assert fast[2][0][0] == 200 and fast[2][5][0] == 401
     monkeypatch.setattr(introspection, "answer", lambda *args, **kwargs: None)
     monkeypatch.setattr(oidc, "userinfo_answer", lambda *args, **kwargs: None)
     assert answers() == fast
+
+
+def test_introspection_refuses_a_parameter_named_twice(world):
+    """RFC 6749 §3.2: parameters must not be repeated; the answer says which request was bad
+    rather than picking one of the two tokens."""
+    token = world.tokens()
+    response = world.rp.http.post(world.rp.metadata["introspection_endpoint"],
+                                  auth=(world.rp.client_id, world.rp.client_secret),
+                                  content=urlencode([("token", token["access_token"]),
+                                                     ("token", token["refresh_token"])]),
+                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
 
 
 # -- introspection: everything else is exactly {"active": false} -------------------------------------
