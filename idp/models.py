@@ -63,6 +63,46 @@ def read_only() -> sa.Connection:
 _READERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+class HotQuery:
+    """A read statement of a hot path, compiled once per dialect and run on the driver's
+    own cursor. SQLAlchemy's execution layer (context, events, result objects) cost as
+    much as the query on SQLite and 2.5 times the driver's round trip on PostgreSQL
+    (``bench/BASELINE.md``). The SQL, the parameters and each column's type conversion
+    stay SQLAlchemy's; any driver error is raised again through ``Connection.execute``,
+    which wraps it and, for a dead connection, invalidates it."""
+
+    def __init__(self, statement: sa.Select):
+        self.statement = statement
+        self._prepared: dict = {}
+
+    def first(self, connection: sa.Connection, params: dict) -> tuple | None:
+        dialect = connection.dialect
+        prepared = self._prepared.get(dialect)
+        if prepared is None:
+            prepared = self._prepared[dialect] = self._prepare(dialect)
+        sql, names, processors = prepared
+        try:
+            cursor = connection.connection.cursor()
+            try:
+                cursor.execute(sql, [params[name] for name in names] if names else params)
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+        except dialect.loaded_dbapi.Error:
+            return connection.execute(self.statement, params).first()
+        if row is None:
+            return None
+        return tuple(value if process is None or value is None else process(value)
+                     for process, value in zip(processors, row, strict=True))
+
+    def _prepare(self, dialect) -> tuple:
+        compiled = self.statement.compile(dialect=dialect)
+        names = compiled.positiontup if dialect.positional else None
+        processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
+                      for column in self.statement.selected_columns]
+        return compiled.string, names, processors
+
+
 class Role(enum.StrEnum):
     OWNER = "owner"
     ADMIN = "admin"

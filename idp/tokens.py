@@ -22,6 +22,7 @@ from .models import (
     Account,
     AuthorizationCode,
     Client,
+    HotQuery,
     LoginSession,
     OnLimit,
     RefreshToken,
@@ -369,10 +370,10 @@ def holder_from(values) -> Holder | None:
 
 
 #: Family standing plus a probe for this access token's own revocation; built once.
-_HOLDER = (sa.select(*HOLDER_COLUMNS, _R.jti)
-           .select_from(holder_join().outerjoin(RevokedAccessToken.__table__,
-                                                _R.jti == sa.bindparam("jti")))
-           .where(_F.id == sa.bindparam("family_id")))
+_HOLDER = HotQuery(sa.select(*HOLDER_COLUMNS, _R.jti)
+                   .select_from(holder_join().outerjoin(RevokedAccessToken.__table__,
+                                                        _R.jti == sa.bindparam("jti")))
+                   .where(_F.id == sa.bindparam("family_id")))
 
 
 def load_holder(family_id: str, jti: str, connection: sa.Connection | None = None
@@ -380,7 +381,7 @@ def load_holder(family_id: str, jti: str, connection: sa.Connection | None = Non
     """The family's standing and whether this access token was revoked on its own (read
     on the request's session, or on ``connection`` for a read-only hot path)."""
     connection = connection or db.session.connection()
-    row = connection.execute(_HOLDER, {"family_id": family_id, "jti": jti}).first()
+    row = _HOLDER.first(connection, {"family_id": family_id, "jti": jti})
     if row is None:
         return None
     return holder_from(row[:-1]), row[-1] is not None

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from .. import passwords, tokens
 from ..keys import KeyStore
-from ..models import Client, RefreshToken, RevokedAccessToken, TokenFamily, read_only
+from ..models import Client, HotQuery, RefreshToken, RevokedAccessToken, TokenFamily, read_only
 
 TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
 
@@ -33,20 +33,20 @@ _ENABLED_CALLER = sa.and_(_CALLER.c.client_id == sa.bindparam("client_id"),
 _F, _R = TokenFamily.__table__.c, RevokedAccessToken.__table__.c
 _RT = RefreshToken.__table__
 
-_WITH_ACCESS_TOKEN = (
+_WITH_ACCESS_TOKEN = HotQuery(
     sa.select(*_CALLER_COLUMNS, *tokens.HOLDER_COLUMNS, _R.jti)
     .select_from(_CALLER.outerjoin(tokens.holder_join(), _F.id == sa.bindparam("family_id"))
                  .outerjoin(RevokedAccessToken.__table__, _R.jti == sa.bindparam("jti")))
     .where(_ENABLED_CALLER))
 
-_WITH_REFRESH_TOKEN = (
+_WITH_REFRESH_TOKEN = HotQuery(
     sa.select(*_CALLER_COLUMNS, *tokens.HOLDER_COLUMNS, _RT.c.secret_hash, _RT.c.issued_at,
               _RT.c.expires_at, _RT.c.rotated_at)
     .select_from(_CALLER.outerjoin(_RT.join(tokens.holder_join(), _F.id == _RT.c.family_id),
                                    _RT.c.id == sa.bindparam("token_id")))
     .where(_ENABLED_CALLER))
 
-_CALLER_ONLY = sa.select(*_CALLER_COLUMNS).where(_ENABLED_CALLER)
+_CALLER_ONLY = HotQuery(sa.select(*_CALLER_COLUMNS).where(_ENABLED_CALLER))
 
 INACTIVE = {"active": False}
 
@@ -93,8 +93,8 @@ def _answer(connection: sa.Connection, value: str, client_id: str, secret: str, 
     claims = tokens.access_claims(value, keys=keys, issuer=issuer, now=now) \
         if len(value) <= 16384 else None
     if claims is not None:
-        row = connection.execute(_WITH_ACCESS_TOKEN, {
-            "client_id": client_id, "family_id": claims["fam"], "jti": claims["jti"]}).first()
+        row = _WITH_ACCESS_TOKEN.first(connection, {
+            "client_id": client_id, "family_id": claims["fam"], "jti": claims["jti"]})
         if not _authenticated(row, secret):
             return None
         access = tokens.AccessToken(claims, tokens.holder_from(row[3:-1]), row[-1] is not None)
@@ -105,10 +105,9 @@ def _answer(connection: sa.Connection, value: str, client_id: str, secret: str, 
         return body(access.holder, issuer=issuer, scope=access.scope, claims=claims)
     parts = passwords.split_token(value)
     if parts is None:
-        row = connection.execute(_CALLER_ONLY, {"client_id": client_id}).first()
+        row = _CALLER_ONLY.first(connection, {"client_id": client_id})
         return INACTIVE if _authenticated(row, secret) else None
-    row = connection.execute(_WITH_REFRESH_TOKEN, {"client_id": client_id,
-                                                   "token_id": parts[0]}).first()
+    row = _WITH_REFRESH_TOKEN.first(connection, {"client_id": client_id, "token_id": parts[0]})
     if not _authenticated(row, secret):
         return None
     holder = tokens.holder_from(row[3:-4])
