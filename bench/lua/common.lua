@@ -1,4 +1,6 @@
 -- Shared by every script: a done() that prints one JSON line of figures.
+local threads = {}
+
 function percentiles(latency)
   return latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000
 end
@@ -7,9 +9,15 @@ function report(summary, latency, requests)
   local p50, p95, p99 = percentiles(latency)
   local e = summary.errors
   local errors = e.connect + e.read + e.write + e.status + e.timeout
+  -- How far into the data file the threads got: the next slice of a row starts there.
+  local cursor = 0
+  for _, thread in ipairs(threads) do
+    local at = thread:get("cursor")
+    if at ~= nil and at > cursor then cursor = at end
+  end
   io.write(string.format(
-    'JSON {"requests": %d, "rps": %.1f, "p50_ms": %.3f, "p95_ms": %.3f, "p99_ms": %.3f, "errors": %d, "status_errors": %d, "timeouts": %d}\n',
-    summary.requests, summary.requests / (summary.duration / 1e6), p50, p95, p99, errors, e.status, e.timeout))
+    'JSON {"requests": %d, "rps": %.1f, "p50_ms": %.3f, "p95_ms": %.3f, "p99_ms": %.3f, "errors": %d, "status_errors": %d, "timeouts": %d, "cursor": %d}\n',
+    summary.requests, summary.requests / (summary.duration / 1e6), p50, p95, p99, errors, e.status, e.timeout, cursor))
 end
 
 function lines(path)
@@ -42,7 +50,6 @@ function urlencode(s)
 end
 
 -- Threads take every n-th item so no two requests present the same one-time credential.
-local threads = {}
 function setup(thread)
   thread:set("index", #threads)
   table.insert(threads, thread)
@@ -51,7 +58,7 @@ end
 function init(args)
   items = lines(os.getenv("BENCH_DATA"))
   step = #threads > 0 and #threads or 2
-  cursor = (index or 0) + 1
+  cursor = tonumber(os.getenv("BENCH_OFFSET") or "0") + (index or 0) + 1
 end
 
 function next_item()

@@ -72,22 +72,23 @@ def _oauth_code(status: int) -> str:
     }.get(status, "server_error")
 
 
-def _has_nul() -> bool:
+def _has_nul(current) -> bool:
     """NUL is never valid in our inputs, and PostgreSQL refuses it in text columns."""
-    if "\x00" in request.path or b"%00" in request.query_string.lower() or \
-            b"\x00" in request.query_string:
+    query = current.query_string
+    if "\x00" in current.path or b"%00" in query or b"\x00" in query:
         return True
-    if "\x00" in request.headers.get("Authorization", ""):
+    if "\x00" in current.headers.get("Authorization", ""):
         return True
-    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
+    if current.method not in ("POST", "PUT", "PATCH", "DELETE"):
         return False
-    if request.mimetype == "application/x-www-form-urlencoded":
+    mimetype = current.mimetype
+    if mimetype == "application/x-www-form-urlencoded":
         # Decoded, a NUL can only come from "%00" or a raw NUL byte: the bytes say it
         # without parsing the form (the hot endpoints parse it their own way).
-        body = request.get_data(cache=True)
+        body = current.get_data(cache=True)
         return b"%00" in body or b"\x00" in body
-    if request.mimetype == "multipart/form-data":
-        return any("\x00" in key or "\x00" in value for key, value in request.form.items(multi=True))
+    if mimetype == "multipart/form-data":
+        return any("\x00" in key or "\x00" in value for key, value in current.form.items(multi=True))
     return False
 
 
@@ -147,9 +148,10 @@ def register(app: Flask) -> None:
     @app.before_request
     def refuse_oversized():
         """Attacker-sized headers and URLs get a clean 400 before any work is done."""
-        if len(request.headers.get("User-Agent", "")) > 8192 or len(request.query_string) > 32768:
+        current = request._get_current_object()
+        if len(current.headers.get("User-Agent", "")) > 8192 or len(current.query_string) > 32768:
             return error_response(400, "The request is too large.")
-        if _has_nul():
+        if _has_nul(current):
             return error_response(400, "The request contains a NUL character.")
         return None
 

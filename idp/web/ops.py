@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
+import random
 import time
 
 import sqlalchemy as sa
@@ -132,21 +132,26 @@ def install(app: Flask) -> None:
 
     @app.before_request
     def start_timer():
-        g.started = time.perf_counter()
+        context = g._get_current_object()
+        context.started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming[:64] if incoming.isprintable() and incoming else \
-            secrets.token_hex(8)
+        # An id to correlate log lines, not a secret: no system call (os.urandom released
+        # the GIL on every request, and each thread then waited to get it back).
+        context.request_id = incoming[:64] if incoming.isprintable() and incoming else \
+            f"{random.getrandbits(64):016x}"
 
     @app.after_request
     def observe(response):
-        endpoint = request.endpoint or "unmatched"
-        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        context, current = g._get_current_object(), request._get_current_object()
+        endpoint = current.endpoint or "unmatched"
+        elapsed = time.perf_counter() - context.get("started", time.perf_counter())
+        REQUESTS.labels(endpoint, current.method, str(response.status_code)).inc()
         LATENCY.labels(endpoint).observe(elapsed)
-        response.headers["X-Request-ID"] = g.get("request_id", "")
+        response.headers["X-Request-ID"] = context.get("request_id", "")
         if app.config.get("ACCESS_LOG"):
             access_log.info("request", extra={
-                "method": request.method, "path": request.path, "status": response.status_code,
-                "ms": round(elapsed * 1000, 2), "endpoint": endpoint,
+                "method": current.method, "path": current.path,
+                "status": response.status_code, "ms": round(elapsed * 1000, 2),
+                "endpoint": endpoint,
             })
         return response
