@@ -484,13 +484,15 @@ def main(database_url, sessions, fresh, workers, server, threads, duration, conn
                      f"{row['p95_ms']:7.2f} {row['p99_ms']:7.2f} {row['errors']:7d} "
                      f"{row['wrk_cpu_pct']:6.1f}%")
     db_kind = "postgresql" if (database_url or "").startswith("postgresql") else "sqlite"
-    summary = (f"server={server} workers={workers} threads={threads} connections={connections} duration={duration}s "
-               f"db={db_kind} sessions={sessions} worker RSS MB={memory['rss_mb']}")
+    summary = (f"server={server} workers={workers} threads={threads} "
+               f"connections={connections} duration={duration}s db={db_kind} "
+               f"sessions={sessions} worker RSS MB={memory['rss_mb']}")
     print(summary)
     print("\n".join(lines))
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    result = {"when": stamp, "server": server, "workers": workers, "threads": threads, "connections": connections,
+    result = {"when": stamp, "server": server, "workers": workers, "threads": threads,
+              "connections": connections,
               "duration": duration, "database": db_kind, "sessions": sessions,
               "seed_seconds": seed_seconds, "reused_history": reuse,
               "memory": memory, "rows": rows, "slices": SLICES,
