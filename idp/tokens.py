@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 import jwt as pyjwt
 import sqlalchemy as sa
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import defaultload, joinedload, raiseload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import audit, passwords
@@ -197,13 +197,21 @@ def insert_refresh(rows: list[dict]) -> None:
 _INSERT_REFRESH = sa.insert(RefreshToken.__table__)
 
 
-def find_refresh(value: str) -> RefreshToken | None:
+_STANDING = joinedload(RefreshToken.family).joinedload(TokenFamily.session)
+#: What the refresh grant reads: not the family's client (the grant has the authenticated
+#: one) nor the user's own account row (the session's account is the one whose policy rules).
+_GRANT_STANDING = [_STANDING, raiseload(RefreshToken.family, TokenFamily.client),
+                   defaultload(RefreshToken.family, TokenFamily.session, LoginSession.user)
+                   .raiseload(User.account)]
+
+
+def find_refresh(value: str, *, for_grant: bool = False) -> RefreshToken | None:
     """The token with its family, client, session, user and account: one query."""
     parts = passwords.split_token(value)
     if parts is None:
         return None
     token = db.session.get(RefreshToken, parts[0],
-                           options=[joinedload(RefreshToken.family).joinedload(TokenFamily.session)])
+                           options=_GRANT_STANDING if for_grant else [_STANDING])
     if token is None or not passwords.verify_secret(parts[1], token.secret_hash):
         return None
     return token
@@ -212,7 +220,7 @@ def find_refresh(value: str) -> RefreshToken | None:
 def present_refresh(value: str, *, now: datetime, ip: str | None = None) -> Claim:
     """Look at a refresh token without using it up. A token presented again after
     rotation is reuse and revokes the whole family (RFC 9700 §4.14.2)."""
-    token = find_refresh(value)
+    token = find_refresh(value, for_grant=True)
     if token is None or token.expires_at <= now:
         return Claim()
     if token.rotated_at is not None:

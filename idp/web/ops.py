@@ -126,6 +126,12 @@ def setup_logging() -> None:
     root._idp_configured = True
 
 
+#: Its own generator (code that seeds the shared one, as test tools do, would repeat ids),
+#: seeded again in every forked worker.
+_REQUEST_IDS = random.Random()  # noqa: S311 (log correlation, not a secret)
+os.register_at_fork(after_in_child=_REQUEST_IDS.seed)
+
+
 def install(app: Flask) -> None:
     setup_logging()
     app.register_blueprint(bp)
@@ -138,7 +144,7 @@ def install(app: Flask) -> None:
         # An id to correlate log lines, not a secret: no system call (os.urandom released
         # the GIL on every request, and each thread then waited to get it back).
         context.request_id = incoming[:64] if incoming.isprintable() and incoming else \
-            f"{random.getrandbits(64):016x}"
+            f"{_REQUEST_IDS.getrandbits(64):016x}"
 
     @app.after_request
     def observe(response):

@@ -58,8 +58,9 @@ def fuzz(operation, mode, examples: int, tokens: Tokens, counter: list[int]):
         auth = {"Authorization": f"Bearer {tokens.current()}"}
         response = case.call(headers=auth)
         assert response.status_code < 500, (case.method, case.formatted_path, response.status_code)
-        # Cursors are opaque strings in the document; one the API never handed out is a
-        # documented 400 invalid_cursor, not a schema-valid request refused. Unknown query
+        # Cursors are opaque URL-safe strings in the document (a NUL is outside their
+        # pattern, and the NUL guard's 400 is for negative cases); one the API never handed
+        # out is a documented 400 invalid_cursor, not a schema-valid request refused. Unknown query
         # parameters are ignored (lenient), which the negative-data heuristic counts as
         # "invalid data accepted"; every other check applies.
         case.validate_response(response, headers=auth, excluded_checks=[
