@@ -206,7 +206,8 @@ _GRANT_STANDING = [_STANDING, raiseload(RefreshToken.family, TokenFamily.client)
 
 
 def find_refresh(value: str, *, for_grant: bool = False) -> RefreshToken | None:
-    """The token with its family, client, session, user and account: one query."""
+    """The token with its family, client, session, user and account: one query (for the
+    refresh grant, without the two rows it never reads)."""
     parts = passwords.split_token(value)
     if parts is None:
         return None
