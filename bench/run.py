@@ -66,7 +66,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def bench_env(workdir: Path, database_url: str | None, port: int) -> dict:
+def bench_env(workdir: Path, database_url: str | None, port: int,
+              redis_url: str | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
     env.update({
         "IDP_INSTANCE_DIR": str(workdir / "instance"),
@@ -81,6 +82,8 @@ def bench_env(workdir: Path, database_url: str | None, port: int) -> dict:
     })
     if database_url:
         env["IDP_DATABASE_URL"] = database_url
+    if redis_url:
+        env["IDP_REDIS_URL"] = redis_url
     (workdir / "prometheus").mkdir(parents=True, exist_ok=True)
     return env
 
@@ -383,6 +386,8 @@ def check_sweep(base: str, env: dict, seeded: dict, csrf: str, cookie: str, *,
 
 @click.command()
 @click.option("--database-url", help="Default: a fresh SQLite file in the run folder.")
+@click.option("--redis-url", help="IDP_REDIS_URL for the server: rate-limit counters in Redis, "
+                                  "as on several nodes.")
 @click.option("--sessions", default=1000, show_default=True, type=int)
 @click.option("--fresh", default=20000, show_default=True, type=int,
               help="Refresh tokens and codes seeded for the load (one per request).")
@@ -409,13 +414,13 @@ def check_sweep(base: str, env: dict, seeded: dict, csrf: str, cookie: str, *,
               help="Concurrent sign-ins during --sweep-check.")
 @click.option("--sweep-parallel", default=1, show_default=True, type=int,
               help="`idp sweep --parallel` during --sweep-check.")
-def main(database_url, sessions, fresh, workers, server, threads, duration, connections, only, reset_db,
-         seed_only, reuse, stale, sweep_check, login_clients, sweep_parallel):
+def main(database_url, redis_url, sessions, fresh, workers, server, threads, duration,
+         connections, only, reset_db, seed_only, reuse, stale, sweep_check, login_clients, sweep_parallel):
     if not seed_only and not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk")
     workdir = Path(tempfile.mkdtemp(prefix="idp-bench-"))
     port = free_port()
-    env = bench_env(workdir, database_url, port)
+    env = bench_env(workdir, database_url, port, redis_url)
     started = time.monotonic()
     seeded = prepare(env, sessions, fresh, workdir, reset_db, reuse=reuse, seed_only=seed_only,
                      stale=stale)
@@ -484,7 +489,7 @@ def main(database_url, sessions, fresh, workers, server, threads, duration, conn
                      f"{row['p95_ms']:7.2f} {row['p99_ms']:7.2f} {row['errors']:7d} "
                      f"{row['wrk_cpu_pct']:6.1f}%")
     db_kind = "postgresql" if (database_url or "").startswith("postgresql") else "sqlite"
-    summary = (f"server={server} workers={workers} threads={threads} "
+    summary = (f"server={server} workers={workers} threads={threads} redis={bool(redis_url)} "
                f"connections={connections} duration={duration}s db={db_kind} "
                f"sessions={sessions} worker RSS MB={memory['rss_mb']}")
     print(summary)
@@ -492,7 +497,7 @@ def main(database_url, sessions, fresh, workers, server, threads, duration, conn
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     result = {"when": stamp, "server": server, "workers": workers, "threads": threads,
-              "connections": connections,
+              "connections": connections, "redis": bool(redis_url),
               "duration": duration, "database": db_kind, "sessions": sessions,
               "seed_seconds": seed_seconds, "reused_history": reuse,
               "memory": memory, "rows": rows, "slices": SLICES,
