@@ -283,9 +283,13 @@ def end_all(
     ip: str | None = None,
     keep: str | None = None,
 ) -> list[LoginSession]:
-    """End every open session of the user except ``keep`` (a session id)."""
+    """End every open session of the user that had started by ``now``, except ``keep``
+    (a session id). A sign-in that commits while this request runs, after its instant,
+    is a new session, not one the user asked to end (and ending it "at ``now``" would
+    record it ended before it started)."""
     query = sa.select(LoginSession).where(
-        LoginSession.user_id == user.id, LoginSession.ended_at.is_(None)
+        LoginSession.user_id == user.id, LoginSession.ended_at.is_(None),
+        LoginSession.created_at <= now,
     )
     if keep is not None:
         query = query.where(LoginSession.id != keep)

@@ -455,6 +455,21 @@ def test_sign_out_everywhere_ends_every_session(ctx, clock, ada):
     assert {e.detail["reason"] for e in events("session.ended")} == {"password_changed"}
 
 
+def test_sign_out_everywhere_leaves_a_sign_in_later_than_its_instant(ctx, clock, ada):
+    """"End all" asked at T, racing a sign-in that commits at T + 1 s (found by the mixed
+    load on PostgreSQL): the new session is not ended, let alone "ended" before it began."""
+    asked_at = clock.now()
+    earlier = login(ada, clock)
+    clock.advance(seconds=1)
+    later = login(ada, clock, PHONE)
+    ended = sessions.end_all(ada, EndReason.ENDED_ALL, now=asked_at, actor="user:x")
+    db.session.commit()
+    assert [s.id for s in ended] == [earlier.session.id]
+    assert [s.id for s in open_sessions(ada)] == [later.session.id]
+    assert fresh(LoginSession, earlier.session.id).ended_at >= \
+        fresh(LoginSession, earlier.session.id).created_at
+
+
 def test_sessions_already_past_a_deadline_are_recorded_as_expired_not_ended(ctx, clock, ada, interval):
     stale = login(ada, clock)
     clock.advance(hours=3)
