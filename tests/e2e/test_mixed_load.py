@@ -37,6 +37,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -458,6 +459,9 @@ class Load:
         self.sessions: dict[str, Live] = {}  # every session the load signed in
         self.ended: dict[str, float] = {}  # sid -> monotonic time the client knew it had ended
         self.reused_families: set[str] = set()
+        # Sessions missing from their own token's active listing (sid, wall time sent): a
+        # concurrent ending explains it only if the session did end then (checked at the end).
+        self.unlisted_current: list[tuple[str, datetime]] = []
         self.browsers: list[httpx.Client] = []
 
     # -- what the client knows -------------------------------------------------------------
@@ -715,7 +719,7 @@ class Load:
         if live is None:
             return self.act_login()
         with self.holding(live):
-            sent = time.monotonic()
+            sent, sent_wall = time.monotonic(), datetime.now(UTC).replace(tzinfo=None)
             response = self.stats.request("api_list", self.backend, "GET", f"{self.base}/api/v1/sessions",
                                           params={"status": "active"},
                                           headers=bearer(live.grants["photos"].access))
@@ -725,7 +729,13 @@ class Load:
                 return
             self.expect_dead(live.sid, sent, "sessions API call")
             listed = response.json()["sessions"]
-            if [s["id"] for s in listed if s["current"]] != [live.sid]:
+            current = [s["id"] for s in listed if s["current"]]
+            if current == [] and live.sid not in {s["id"] for s in listed}:
+                # The token was good when checked; an ending that committed before the
+                # listing (another client's) leaves the session out of "active".
+                with self.lock:
+                    self.unlisted_current.append((live.sid, sent_wall))
+            elif current != [live.sid]:
                 self.stats.violation(f"sessions API: current is not {live.sid}")
             for session in listed:
                 self.expect_dead(session["id"], sent, "sessions API listing it as active")
@@ -1212,6 +1222,14 @@ def check_database(engine: sa.Engine, load: Load) -> list[str]:
         bad = [tuple(r) for r in rows if r[1] is None]
         if bad or len(rows) != len(load.reused_families):
             failures.append(f"refresh token reused but its family not revoked: {bad[:3]}")
+    # A session left out of its own token's active listing had been ended meanwhile.
+    for sid, sent_at in load.unlisted_current:
+        rows = query(engine, "SELECT ended_at FROM login_sessions WHERE id = :sid", sid=sid)
+        ended_at = rows[0][0] if rows else None
+        # (ended_at is the ending request's instant, which may precede this request's send)
+        if ended_at is None or ended_at < sent_at - timedelta(seconds=30):
+            failures.append(f"sessions API left out the token's own session {sid}, "
+                            f"which {'is open' if ended_at is None else 'ended long before'}")
     # The client and the database agree on which sessions ended.
     ended = set(load.ended)
     if ended:
