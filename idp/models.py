@@ -93,35 +93,26 @@ _READERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class HotQuery:
-    """A read statement of a hot path, compiled once per dialect and run on the driver's
-    own cursor. SQLAlchemy's execution layer (execution context, result objects) cost as
+    """A statement of a hot path, compiled once per dialect and run on the driver's own
+    cursor. SQLAlchemy's execution layer (execution context, result objects) cost as
     much as the query on SQLite and 2.5 times the driver's round trip on PostgreSQL
-    (``bench/BASELINE.md``). What stays SQLAlchemy's: the SQL, the parameters, each
+    (``bench/BASELINE.md``). What stays SQLAlchemy's: the SQL, each parameter's and
     column's type conversion, and ``Connection._cursor_execute`` (SQLAlchemy's own path
     for such statements): cursor events fire (without an execution context) and a driver
-    error is wrapped, a dead connection invalidated, as for any statement."""
+    error is wrapped, a dead connection invalidated, as for any statement. Reads use
+    ``first``, writes (one row's UPDATE or INSERT) ``run``."""
 
-    def __init__(self, statement: sa.Select):
+    def __init__(self, statement: sa.Select | sa.Update | sa.Insert):
         self.statement = statement
         self._prepared: dict = {}
 
     def first(self, connection: sa.Connection, params: dict) -> tuple | None:
-        dialect = connection.dialect
-        prepared = self._prepared.get(dialect)
-        if prepared is None:
-            prepared = self._prepared[dialect] = self._prepare(dialect)
-        sql, names, processors = prepared
-        parameters = [params[name] for name in names] if names else params
-        cursor = None
+        prepared, cursor = self._execute(connection, params)
         try:
-            cursor = connection.connection.cursor()
-            connection._cursor_execute(cursor, sql, parameters)
             row = cursor.fetchone()
-        except dialect.loaded_dbapi.Error as error:  # (_cursor_execute has wrapped its own)
-            connection._handle_dbapi_exception(error, sql, parameters, cursor, None)
         finally:
-            if cursor is not None:
-                cursor.close()
+            cursor.close()
+        processors = prepared[3]
         if row is None or not processors:
             return row
         row = list(row)
@@ -130,13 +121,47 @@ class HotQuery:
                 row[index] = process(row[index])
         return tuple(row)
 
+    def run(self, connection: sa.Connection, params: dict) -> int:
+        """Execute a write; the number of rows it matched."""
+        _prepared, cursor = self._execute(connection, params)
+        try:
+            return cursor.rowcount
+        finally:
+            cursor.close()
+
+    def _execute(self, connection: sa.Connection, params: dict):
+        dialect = connection.dialect
+        prepared = self._prepared.get(dialect)
+        if prepared is None:
+            prepared = self._prepared[dialect] = self._prepare(dialect)
+        sql, names, binds, _processors = prepared
+        if binds:
+            params = {name: binds[name](value) if name in binds else value
+                      for name, value in params.items()}
+        parameters = [params[name] for name in names] if names else params
+        cursor = None
+        try:
+            cursor = connection.connection.cursor()
+            connection._cursor_execute(cursor, sql, parameters)
+        except dialect.loaded_dbapi.Error as error:  # (_cursor_execute has wrapped its own)
+            if cursor is not None:
+                cursor.close()
+            connection._handle_dbapi_exception(error, sql, parameters, cursor, None)
+        except BaseException:
+            if cursor is not None:
+                cursor.close()
+            raise
+        return prepared, cursor
+
     def _prepare(self, dialect) -> tuple:
         compiled = self.statement.compile(dialect=dialect)
         names = compiled.positiontup if dialect.positional else None
+        binds = dict(compiled._bind_processors)  # by parameter name
+        columns = getattr(self.statement, "selected_columns", ())
         processors = [(index, process) for index, process in enumerate(
             column.type.dialect_impl(dialect).result_processor(dialect, None)
-            for column in self.statement.selected_columns) if process is not None]
-        return compiled.string, names, processors
+            for column in columns) if process is not None]
+        return compiled.string, names, binds, processors
 
 
 class Role(enum.StrEnum):

@@ -201,17 +201,19 @@ def check(session: LoginSession, now: datetime) -> EndReason | None:
 def touch(session: LoginSession, now: datetime, ip: str, interval: timedelta) -> bool:
     """Record activity, at most one write per ``interval`` unless the IP changed.
     Time never moves backwards here: a clock set back cannot extend a session."""
-    values = activity(session, now, ip, interval)
+    values = activity(session.last_active_at, session.ip_last, now, ip, interval)
     for name, value in (values or {}).items():
         setattr(session, name, value)
     return values is not None
 
 
-def activity(session: LoginSession, now: datetime, ip: str, interval: timedelta) -> dict | None:
-    """The columns ``touch`` would write, or None when nothing needs writing."""
-    if now <= session.last_active_at:
+def activity(last_active_at: datetime, ip_last: str | None, now: datetime, ip: str,
+             interval: timedelta) -> dict | None:
+    """The columns ``touch`` would write for a session last active at ``last_active_at``
+    from ``ip_last``, or None when nothing needs writing."""
+    if now <= last_active_at:
         return None
-    if now - session.last_active_at < interval and ip == session.ip_last:
+    if now - last_active_at < interval and ip == ip_last:
         return None
     return {"last_active_at": now, "updated_at": now, "ip_last": ip}
 

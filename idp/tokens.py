@@ -13,8 +13,6 @@ from datetime import datetime, timedelta
 
 import jwt as pyjwt
 import sqlalchemy as sa
-from sqlalchemy.orm import defaultload, joinedload, raiseload
-from sqlalchemy.orm.attributes import set_committed_value
 
 from . import audit, passwords
 from .keys import KeyStore
@@ -54,12 +52,6 @@ def start_family(
 def is_active(family: TokenFamily | None, now: datetime) -> bool:
     """The question every path asks: family not revoked and its session still active."""
     return family is not None and Holder.of(family).active(now)
-
-
-def session_deadline(session: LoginSession | None, now: datetime) -> datetime | None:
-    if session is None:
-        return None
-    return SessionPolicy.of(session.account).deadline(session)
 
 
 def revoke_family(family_id: str, reason: str, *, now: datetime) -> bool:
@@ -114,7 +106,7 @@ def save_code(
 class Claim:
     """Outcome of presenting a one-time credential."""
 
-    row: AuthorizationCode | RefreshToken | None = None
+    row: AuthorizationCode | PresentedRefresh | None = None
     reused: bool = False
 
 
@@ -165,20 +157,18 @@ def claim_code(value: str, client_id: str, *, now: datetime, ip: str | None = No
 
 
 def issue_refresh(
-    family: TokenFamily, *, now: datetime, lifetime: timedelta, pending: list | None = None
+    holder: Holder, *, now: datetime, lifetime: timedelta, pending: list | None = None
 ) -> str:
     """A new refresh token in the family, never valid past its session's absolute
-    deadline; returns the value for the client. Written at once with one Core INSERT, or,
+    deadline; returns the value for the client. Written at once with one INSERT, or,
     given ``pending``, appended there for ``insert_refresh`` (the refresh grant writes it
     last, beside the rotation, so its write lock is short)."""
     row_id, secret, value = passwords.new_token()
     expires = now + lifetime
-    if family.session is not None:
-        expires = min(expires, SessionPolicy.of(family.session.account).absolute_deadline(
-            family.session
-        ))
-    row = {"id": row_id, "secret_hash": passwords.hash_secret(secret), "family_id": family.id,
-           "issued_at": now, "expires_at": expires}
+    if holder.session_id is not None:
+        expires = min(expires, holder.absolute_deadline())
+    row = {"id": row_id, "secret_hash": passwords.hash_secret(secret),
+           "family_id": holder.family_id, "issued_at": now, "expires_at": expires}
     if pending is not None:
         pending.append(row)
     else:
@@ -191,37 +181,61 @@ def insert_refresh(rows: list[dict]) -> None:
         return
     if db.session.new:
         db.session.flush()  # a family started in this request exists before its token
-    db.session.connection().execute(_INSERT_REFRESH, rows)
+    connection = db.session.connection()
+    for row in rows:
+        _INSERT_REFRESH.run(connection, row)
 
 
-_INSERT_REFRESH = sa.insert(RefreshToken.__table__)
+_T = RefreshToken.__table__.c
+_INSERT_REFRESH = HotQuery(sa.insert(RefreshToken.__table__).values(
+    {name: sa.bindparam(name) for name in ("id", "secret_hash", "family_id", "issued_at",
+                                           "expires_at")}))
 
 
-_STANDING = joinedload(RefreshToken.family).joinedload(TokenFamily.session)
-#: What the refresh grant reads: not the family's client (the grant has the authenticated
-#: one) nor the user's own account row (the session's account is the one whose policy rules).
-_GRANT_STANDING = [_STANDING, raiseload(RefreshToken.family, TokenFamily.client),
-                   defaultload(RefreshToken.family, TokenFamily.session, LoginSession.user)
-                   .raiseload(User.account)]
+@dataclass(frozen=True, slots=True)
+class PresentedRefresh:
+    """A refresh token as presented: its own columns and what its family stands on
+    (``Holder``), read in one Core query. Authlib's refresh grant asks it
+    ``check_client`` and ``get_scope``."""
+
+    id: str
+    issued_at: datetime
+    expires_at: datetime
+    rotated_at: datetime | None
+    holder: Holder
+    account_id: int | None  # the session's account (audit)
+    ip_last: str | None  # the session's last IP (activity)
+    user_disabled_at: datetime | None
+
+    @property
+    def family_id(self) -> str:
+        return self.holder.family_id
+
+    def check_client(self, client: Client) -> bool:
+        return self.holder.client_id == client.client_id
+
+    def get_scope(self) -> str:
+        return self.holder.scope
 
 
-def find_refresh(value: str, *, for_grant: bool = False) -> RefreshToken | None:
-    """The token with its family, client, session, user and account: one query (for the
-    refresh grant, without the two rows it never reads)."""
+def find_refresh(value: str, connection: sa.Connection | None = None) -> PresentedRefresh | None:
+    """The token and its family's standing (on the request's session, or on
+    ``connection`` for a read-only path), or None for anything not one of ours."""
     parts = passwords.split_token(value)
     if parts is None:
         return None
-    token = db.session.get(RefreshToken, parts[0],
-                           options=_GRANT_STANDING if for_grant else [_STANDING])
-    if token is None or not passwords.verify_secret(parts[1], token.secret_hash):
+    row = _PRESENTED.first(connection or db.session.connection(), {"token_id": parts[0]})
+    if row is None or not passwords.verify_secret(parts[1], row[1]):
         return None
-    return token
+    token_id, _hash, issued_at, expires_at, rotated_at, account_id, ip_last, disabled_at = row[:8]
+    return PresentedRefresh(token_id, issued_at, expires_at, rotated_at, holder_from(row[8:]),
+                            account_id, ip_last, disabled_at)
 
 
 def present_refresh(value: str, *, now: datetime, ip: str | None = None) -> Claim:
     """Look at a refresh token without using it up. A token presented again after
     rotation is reuse and revokes the whole family (RFC 9700 §4.14.2)."""
-    token = find_refresh(value, for_grant=True)
+    token = find_refresh(value)
     if token is None or token.expires_at <= now:
         return Claim()
     if token.rotated_at is not None:
@@ -230,32 +244,28 @@ def present_refresh(value: str, *, now: datetime, ip: str | None = None) -> Clai
     return Claim(row=token)
 
 
-_ROTATE = (sa.update(RefreshToken.__table__)
-           .where(RefreshToken.__table__.c.id == sa.bindparam("token_id"),
-                  RefreshToken.__table__.c.rotated_at.is_(None))
-           .values(rotated_at=sa.bindparam("now")))
+_ROTATE = HotQuery(sa.update(RefreshToken.__table__)
+                   .where(_T.id == sa.bindparam("token_id"), _T.rotated_at.is_(None))
+                   .values(rotated_at=sa.bindparam("now")))
 
 
-def rotate_refresh(token: RefreshToken, *, now: datetime) -> bool:
+def rotate_refresh(token: PresentedRefresh, *, now: datetime) -> bool:
     """Use the token up, atomically: of two racing presentations exactly one gets
     True (invariant 5); the loser must treat its presentation as reuse."""
-    claimed = db.session.connection().execute(_ROTATE, {"token_id": token.id, "now": now}).rowcount
-    if claimed:
-        set_committed_value(token, "rotated_at", now)
-    return bool(claimed)
+    return _ROTATE.run(db.session.connection(), {"token_id": token.id, "now": now}) == 1
 
 
-def refresh_reused(token: RefreshToken, *, now: datetime, ip: str | None) -> None:
-    family = token.family
-    revoked = revoke_family(family.id, "refresh_reuse", now=now)
+def refresh_reused(token: PresentedRefresh, *, now: datetime, ip: str | None) -> None:
+    holder = token.holder
+    revoked = revoke_family(holder.family_id, "refresh_reuse", now=now)
     audit.record(
         "refresh.reused",
         now=now,
-        account_id=family.session.account_id if family.session else None,
-        user_id=family.user_id,
-        session_id=family.session_id,
-        client_id=family.client_id,
-        actor=f"client:{family.client_id}",
+        account_id=token.account_id,
+        user_id=holder.user_id,
+        session_id=holder.session_id,
+        client_id=holder.client_id,
+        actor=f"client:{holder.client_id}",
         ip=ip,
         family_revoked=revoked,
     )
@@ -315,12 +325,14 @@ class Holder:
     user: HolderUser | None = None
 
     @classmethod
-    def of(cls, family: TokenFamily) -> Holder:
-        """The same view of an ORM family (refresh tokens, revocation)."""
+    def of(cls, family: TokenFamily, *, issuing: bool = False) -> Holder:
+        """The same view of an ORM family. ``issuing``: a family tokens are being issued
+        on now, whose client has just authenticated (so is enabled; not read again)."""
         session = family.session
         base = dict(family_id=family.id, client_id=family.client_id, scope=family.scope,
                     user_id=family.user_id, session_id=family.session_id,
-                    revoked_at=family.revoked_at, client_disabled_at=family.client.disabled_at)
+                    revoked_at=family.revoked_at,
+                    client_disabled_at=None if issuing else family.client.disabled_at)
         if session is None:
             return cls(**base)
         user = session.user
@@ -340,9 +352,19 @@ class Holder:
             return True
         if self.ended_at is not None:
             return False
-        policy = SessionPolicy(timedelta(seconds=self.max_duration),
-                               timedelta(seconds=self.idle_timeout), None, OnLimit.DENY)
-        return policy.expiry_reason(self, now) is None
+        return self.policy().expiry_reason(self, now) is None
+
+    def policy(self) -> SessionPolicy:
+        """The session's deadlines under its account's policy (read with the family)."""
+        return SessionPolicy(timedelta(seconds=self.max_duration),
+                             timedelta(seconds=self.idle_timeout), None, OnLimit.DENY)
+
+    def deadline(self) -> datetime | None:
+        """When the session stops being active if nobody uses it (None: no session)."""
+        return None if self.session_id is None else self.policy().deadline(self)
+
+    def absolute_deadline(self) -> datetime:
+        return self.policy().absolute_deadline(self)
 
 
 _F, _C, _S = TokenFamily.__table__.c, Client.__table__.c, LoginSession.__table__.c
@@ -377,6 +399,14 @@ def holder_from(values) -> Holder | None:
                   ended_at, created_at, last_active_at, max_duration or 0, idle_timeout or 0,
                   user)
 
+
+#: A refresh token with its family's standing, the session's account and last IP, and
+#: whether its user is disabled: all the refresh grant reads.
+_PRESENTED = HotQuery(sa.select(_T.id, _T.secret_hash, _T.issued_at, _T.expires_at, _T.rotated_at,
+                                _S.account_id, _S.ip_last, _U.disabled_at, *HOLDER_COLUMNS)
+                      .select_from(RefreshToken.__table__.join(holder_join(),
+                                                               _F.id == _T.family_id))
+                      .where(_T.id == sa.bindparam("token_id")))
 
 #: Family standing plus a probe for this access token's own revocation; built once.
 _HOLDER = HotQuery(sa.select(*HOLDER_COLUMNS, _R.jti)
@@ -420,7 +450,7 @@ class AccessToken:
 def access_token_claims(
     *,
     issuer: str,
-    family: TokenFamily,
+    holder: Holder,
     subject: str,
     now: datetime,
     expires_in: int,
@@ -430,18 +460,18 @@ def access_token_claims(
     claims = {
         "iss": issuer,
         "sub": subject,
-        "aud": family.client_id,
-        "client_id": family.client_id,
-        "scope": family.scope,
+        "aud": holder.client_id,
+        "client_id": holder.client_id,
+        "scope": holder.scope,
         "jti": passwords.new_id(),
         "iat": iat,
         "nbf": iat,
         "exp": iat + expires_in,
-        "fam": family.id,
+        "fam": holder.family_id,
     }
-    if family.session_id:
-        claims["sid"] = family.session_id
-        claims["auth_time"] = int(family.session.created_at.timestamp())
+    if holder.session_id:
+        claims["sid"] = holder.session_id
+        claims["auth_time"] = int(holder.created_at.timestamp())
     return claims
 
 

@@ -59,7 +59,7 @@ def family(ctx, clock, login, photos) -> TokenFamily:
 
 
 def refresh(family: TokenFamily, clock, lifetime: timedelta = REFRESH_LIFETIME) -> str:
-    value = tokens.issue_refresh(family, now=clock.now(), lifetime=lifetime)
+    value = tokens.issue_refresh(tokens.Holder.of(family, issuing=True), now=clock.now(), lifetime=lifetime)
     db.session.commit()
     return value
 
@@ -114,7 +114,7 @@ def test_a_client_credentials_family_has_no_session_and_stays_active(ctx, clock,
     row = fresh(TokenFamily, family.id)
     assert row.session_id is None and row.user_id is None
     assert tokens.is_active(row, clock.now())
-    assert tokens.session_deadline(None, clock.now()) is None
+    assert tokens.Holder.of(row).deadline() is None
 
 
 # -- is this token active? -----------------------------------------------------------------------
@@ -181,8 +181,12 @@ def test_revoking_an_unknown_family_reports_nothing_revoked(ctx, clock):
     assert tokens.revoke_family(passwords.new_id(), "x", now=clock.now()) is False
 
 
-def test_the_session_deadline_follows_activity(ctx, clock, login):
-    assert tokens.session_deadline(login, clock.now()) == login.created_at + timedelta(hours=2)
+def test_the_session_deadline_follows_activity(ctx, clock, login, family):
+    assert tokens.Holder.of(family).deadline() == login.created_at + timedelta(hours=2)
+    clock.advance(minutes=30)
+    sessions.touch(login, clock.now(), "192.0.2.1", timedelta(seconds=0))
+    db.session.commit()
+    assert tokens.Holder.of(fresh(TokenFamily, family.id)).deadline() == clock.now() + timedelta(hours=2)
 
 
 # -- refresh tokens ------------------------------------------------------------------------------
@@ -245,7 +249,7 @@ def test_presenting_a_rotated_refresh_token_again_revokes_the_whole_family(ctx, 
     assert tokens.is_active(row, clock.now()) is False
     # The legitimate client's newer token is dead too: it belongs to the same family.
     newer = tokens.claim_refresh(successor, now=clock.now())
-    assert newer.row is not None and tokens.is_active(newer.row.family, clock.now()) is False
+    assert newer.row is not None and newer.row.holder.active(clock.now()) is False
     [event] = events("refresh.reused")
     assert (event.session_id, event.client_id, event.user_id) == (
         family.session_id, family.client_id, family.user_id
@@ -382,7 +386,7 @@ def test_a_code_used_twice_revokes_what_the_first_exchange_produced(ctx, clock, 
     assert (row.revoked_at, row.revoke_reason) == (clock.now(), "code_reuse")
     assert tokens.is_active(row, clock.now()) is False
     rotated = tokens.claim_refresh(refresh_value, now=clock.now())
-    assert rotated.row is None or not tokens.is_active(rotated.row.family, clock.now())
+    assert rotated.row is None or not rotated.row.holder.active(clock.now())
     [event] = events("code.reused")
     assert (event.session_id, event.client_id, event.user_id) == (login.id, photos.client_id, login.user_id)
     assert event.ip == "192.0.2.66" and event.detail == {"family_revoked": True}
@@ -409,8 +413,8 @@ def test_malformed_codes_claim_nothing(ctx, clock, photos, bad):
 
 def test_access_token_claims_name_the_family_session_and_client(ctx, clock, login, photos, family):
     claims = tokens.access_token_claims(
-        issuer="https://id.example.com", family=family, subject=login.user.sub, now=clock.now(),
-        expires_in=600,
+        issuer="https://id.example.com", holder=tokens.Holder.of(family), subject=login.user.sub,
+        now=clock.now(), expires_in=600,
     )
     now = int(clock.now().timestamp())
     assert claims["fam"] == family.id and claims["sid"] == login.id
@@ -419,7 +423,7 @@ def test_access_token_claims_name_the_family_session_and_client(ctx, clock, logi
     assert claims["iat"] == claims["nbf"] == now and claims["exp"] == now + 600
     assert claims["auth_time"] == int(login.created_at.timestamp())
     other = tokens.access_token_claims(
-        issuer="https://id.example.com", family=family, subject=login.user.sub, now=clock.now(),
-        expires_in=600,
+        issuer="https://id.example.com", holder=tokens.Holder.of(family), subject=login.user.sub,
+        now=clock.now(), expires_in=600,
     )
     assert other["jti"] != claims["jti"]

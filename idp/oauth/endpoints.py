@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import audit, devices, passwords, tokens
 from ..keys import KeyStore
-from ..models import Client, DeviceCode, RefreshToken, UsedAssertion, db, read_only
+from ..models import Client, DeviceCode, UsedAssertion, db, read_only
 from ..runtime import client_ip, config, now, services
 from . import introspection
 from .grants import Principal, user_info
@@ -43,7 +43,7 @@ class FoundToken:
     kind: str  # "access_token" | "refresh_token"
     holder: tokens.Holder | None
     access: tokens.AccessToken | None = None
-    refresh: RefreshToken | None = None
+    refresh: tokens.PresentedRefresh | None = None
 
     @property
     def client_id(self) -> str | None:
@@ -109,7 +109,7 @@ def _find_refresh(value: str) -> FoundToken | None:
     refresh = tokens.find_refresh(value)
     if refresh is None:
         return None
-    return FoundToken("refresh_token", tokens.Holder.of(refresh.family), refresh=refresh)
+    return FoundToken("refresh_token", refresh.holder, refresh=refresh)
 
 
 class IntrospectionEndpoint(_IntrospectionEndpoint):

@@ -9,7 +9,7 @@ refresh grant also commits its own writes, in its last step, to keep them short.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -30,10 +30,9 @@ from authlib.oauth2.rfc8628.errors import (
 from authlib.oidc.core import UserInfo
 from authlib.oidc.core.grants import OpenIDCode as _OpenIDCode
 from authlib.oidc.core.grants.util import create_half_hash
-from sqlalchemy.orm.attributes import set_committed_value
 
 from .. import passwords, sessions, tokens
-from ..models import AuthorizationCode, DeviceCode, LoginSession, RefreshToken, TokenFamily, User, db
+from ..models import AuthorizationCode, DeviceCode, HotQuery, LoginSession, TokenFamily, User, db
 from ..runtime import client_ip, config, now, services
 
 CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
@@ -45,14 +44,20 @@ class Principal:
     """What Authlib calls "the user": a user acting through one live session and,
     at the token endpoint, the family being issued."""
 
-    user: User
+    user: User | tokens.HolderUser
     session: LoginSession | None
     family: TokenFamily | None = None
     #: Refresh-token rows the grant writes itself, last (see ``RefreshTokenGrant``).
     pending: list | None = None
+    #: What the family stands on, when the grant read it without the ORM (refresh).
+    holder: tokens.Holder | None = None
 
     def get_user_id(self) -> int:
         return self.user.id
+
+    def standing(self) -> tokens.Holder:
+        """The family tokens are issued on, with its session's deadlines."""
+        return self.holder or tokens.Holder.of(self.family, issuing=True)
 
 
 def user_info(user: User, scope: str) -> UserInfo:
@@ -137,74 +142,77 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         return Principal(session.user, session, family)
 
 
-_FAMILY_ISSUED = (sa.update(TokenFamily.__table__)
-                  .where(TokenFamily.__table__.c.id == sa.bindparam("family_id"),
-                         TokenFamily.__table__.c.revoked_at.is_(None))
-                  .values(last_issued_at=sa.bindparam("now")))
-_SESSION_ACTIVE = (sa.update(LoginSession.__table__)
-                   .where(LoginSession.__table__.c.id == sa.bindparam("session_id"))
-                   .values(last_active_at=sa.bindparam("last_active_at"),
-                           updated_at=sa.bindparam("updated_at"),
-                           ip_last=sa.bindparam("ip_last")))
+_FAMILY_ISSUED = HotQuery(sa.update(TokenFamily.__table__)
+                          .where(TokenFamily.__table__.c.id == sa.bindparam("family_id"),
+                                 TokenFamily.__table__.c.revoked_at.is_(None))
+                          .values(last_issued_at=sa.bindparam("now")))
+_SESSION_ACTIVE = HotQuery(sa.update(LoginSession.__table__)
+                           .where(LoginSession.__table__.c.id == sa.bindparam("session_id"))
+                           .values(last_active_at=sa.bindparam("last_active_at"),
+                                   updated_at=sa.bindparam("updated_at"),
+                                   ip_last=sa.bindparam("ip_last")))
 
 
 class RefreshTokenGrant(grants.RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True
 
-    def authenticate_refresh_token(self, refresh_token: str):
+    def authenticate_refresh_token(self, refresh_token: str) -> tokens.PresentedRefresh | None:
         """Checked here, used up in ``revoke_old_credential``: all reads and the
         signing happen first, so the write (SQLite's database lock, PostgreSQL's row
-        lock) lasts only for the few statements before the commit."""
+        lock) lasts only for the few statements before the commit. Read with one Core
+        query, as introspection reads: no ORM objects on this path."""
         claim = tokens.present_refresh(refresh_token, now=now(), ip=client_ip())
         if claim.reused:
             db.session.commit()
         elif claim.row is None:
             # Expired with its session's deadline: say so on the session too.
             stale = tokens.find_refresh(refresh_token)
-            if stale is not None and stale.family.session is not None and sessions.check(
-                stale.family.session, now()
+            if stale is not None and stale.holder.session_id is not None and sessions.check(
+                db.session.get(LoginSession, stale.holder.session_id), now()
             ) is not None:
                 db.session.commit()
         return claim.row
 
-    def authenticate_user(self, refresh_token) -> Principal:
-        family = refresh_token.family
-        if family.revoked_at is not None:
+    def authenticate_user(self, refresh_token: tokens.PresentedRefresh) -> Principal:
+        holder, current = refresh_token.holder, now()
+        if holder.revoked_at is not None:
             raise InvalidGrantError("The grant has been revoked.")
-        session = _session_or_error(family.session)
+        if holder.session_id is None or holder.ended_at is not None \
+                or holder.policy().expiry_reason(holder, current) is not None:
+            _session_or_error(db.session.get(LoginSession, holder.session_id)
+                              if holder.session_id else None)  # raises, recording the end
+        if refresh_token.user_disabled_at is not None:
+            raise InvalidGrantError("The user is disabled.")
         # Seen now (so the new tokens' deadlines count from now), written at the end.
-        self.activity = sessions.activity(session, now(), client_ip(),
-                                          config()["ACTIVITY_WRITE_INTERVAL"]) or {}
-        for name, value in self.activity.items():
-            set_committed_value(session, name, value)
-        set_committed_value(family, "last_issued_at", now())
-        self.principal = Principal(session.user, session, family, pending=[])
+        self.activity = sessions.activity(holder.last_active_at, refresh_token.ip_last, current,
+                                          client_ip(), config()["ACTIVITY_WRITE_INTERVAL"]) or {}
+        if self.activity:
+            holder = replace(holder, last_active_at=self.activity["last_active_at"])
+        self.principal = Principal(holder.user, None, pending=[], holder=holder)
         return self.principal
 
-    def revoke_old_credential(self, refresh_token) -> None:
+    def revoke_old_credential(self, refresh_token: tokens.PresentedRefresh) -> None:
         """Rotate, atomically, as the last step, then record the activity, the family's
         issue and the new refresh token, and commit: the only writes of the grant, back
         to back, so SQLite's write lock and PostgreSQL's row locks last only that long.
         Losing a race to a concurrent presentation of the same token makes this one
         reuse: nothing of this request is kept, the family is revoked (RFC 9700 §4.14.2)."""
         if tokens.rotate_refresh(refresh_token, now=now()):
-            family = refresh_token.family
+            holder = refresh_token.holder
             connection = db.session.connection()
             if self.activity:  # the session before the family: the order sessions.end takes
-                connection.execute(_SESSION_ACTIVE, {"session_id": family.session_id,
-                                                     **self.activity})
+                _SESSION_ACTIVE.run(connection, {"session_id": holder.session_id, **self.activity})
             # Still unrevoked at write time: a session ended (or a family revoked) since
             # the reads above wins, and nothing is issued after it (invariant 2).
-            if connection.execute(_FAMILY_ISSUED, {"family_id": family.id, "now": now()}).rowcount:
+            if _FAMILY_ISSUED.run(connection, {"family_id": holder.family_id, "now": now()}):
                 tokens.insert_refresh(self.principal.pending)
                 db.session.commit()  # nothing after this step can fail
                 return
             db.session.rollback()
             raise InvalidGrantError("The grant has been revoked.")
-        token_id = refresh_token.id
         db.session.rollback()
-        tokens.refresh_reused(db.session.get(RefreshToken, token_id), now=now(), ip=client_ip())
+        tokens.refresh_reused(refresh_token, now=now(), ip=client_ip())
         db.session.commit()
         raise InvalidGrantError("The refresh token has already been used.")
 

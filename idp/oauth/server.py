@@ -92,22 +92,22 @@ def generate_token(
     if user is None:
         # client_credentials: a family of its own, no user, no session.
         family = tokens.start_family(session=None, client=client, scope=scope or "", now=current)
-        subject = client.client_id
+        holder, subject = tokens.Holder.of(family, issuing=True), client.client_id
     else:
-        family, subject = user.family, user.user.sub
+        holder, subject = user.standing(), user.user.sub
     lifetime = int(cfg["ACCESS_TOKEN_LIFETIME"].total_seconds())
-    deadline = tokens.session_deadline(family.session, current)
+    deadline = holder.deadline()
     if deadline is not None:
         lifetime = max(1, min(lifetime, int((deadline - current).total_seconds())))
     claims = tokens.access_token_claims(
         issuer=cfg["ISSUER"],
-        family=family,
+        holder=holder,
         subject=subject,
         now=current,
         expires_in=lifetime,
     )
-    claims["scope"] = family.scope if scope is None else scope
-    audience = [family.client_id, *resource_servers(flask_request.form.getlist("resource"))]
+    claims["scope"] = holder.scope if scope is None else scope
+    audience = [holder.client_id, *resource_servers(flask_request.form.getlist("resource"))]
     claims["aud"] = audience[0] if len(audience) == 1 else audience
     token = {
         "token_type": "Bearer",
@@ -117,9 +117,9 @@ def generate_token(
         "expires_in": lifetime,
         "scope": claims["scope"],
     }
-    if include_refresh_token and family.session is not None:
+    if include_refresh_token and holder.session_id is not None:
         token["refresh_token"] = tokens.issue_refresh(
-            family, now=current, lifetime=cfg["REFRESH_TOKEN_LIFETIME"],
+            holder, now=current, lifetime=cfg["REFRESH_TOKEN_LIFETIME"],
             pending=user.pending if user is not None else None)
     return token
 

@@ -538,7 +538,7 @@ def test_sweep_expires_revokes_and_purges(make_env, clock, monkeypatch, capsys):
             if last:
                 s.last_active_at = s.updated_at = last
             family = tokens.start_family(session=s, client=client, scope="openid", now=at)
-            tokens.issue_refresh(family, now=at, lifetime=timedelta(days=30))
+            tokens.issue_refresh(tokens.Holder.of(family, issuing=True), now=at, lifetime=timedelta(days=30))
             return s
 
         idle = opened(now - timedelta(hours=3))

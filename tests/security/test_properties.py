@@ -329,7 +329,7 @@ class SessionLifecycle(RuleBasedStateMachine):
             return multiple()
         family = tokens.start_family(session=s, client=db.session.get(Client, self.client_id),
                                      scope="openid", now=self.now)
-        value = tokens.issue_refresh(family, now=self.now, lifetime=timedelta(days=30))
+        value = tokens.issue_refresh(tokens.Holder.of(family, issuing=True), now=self.now, lifetime=timedelta(days=30))
         db.session.commit()
         self.issued.append(value)
         return value
@@ -366,12 +366,12 @@ class SessionLifecycle(RuleBasedStateMachine):
             return multiple()
         if claim.row is None:
             stale = tokens.find_refresh(value)
-            if stale is not None and stale.family.session is not None and sessions.check(
-                    stale.family.session, self.now) is not None:
+            if stale is not None and stale.holder.session_id is not None and sessions.check(
+                    db.session.get(LoginSession, stale.holder.session_id), self.now) is not None:
                 db.session.commit()
             db.session.rollback()
             return multiple()
-        family = claim.row.family
+        family = db.session.get(TokenFamily, claim.row.family_id)
         if family.revoked_at is not None:
             db.session.rollback()
             return multiple()
@@ -381,7 +381,7 @@ class SessionLifecycle(RuleBasedStateMachine):
         assert self.independently_active(family.session)
         sessions.touch(family.session, self.now, "127.0.0.1", timedelta(seconds=60))
         family.last_issued_at = self.now
-        new = tokens.issue_refresh(family, now=self.now, lifetime=timedelta(days=30))
+        new = tokens.issue_refresh(tokens.Holder.of(family, issuing=True), now=self.now, lifetime=timedelta(days=30))
         db.session.commit()
         self.issued.append(new)
         return new
