@@ -13,7 +13,7 @@ from flask import Flask
 from flask import request as flask_request
 
 from .. import tokens
-from ..models import Client, db
+from ..models import Client, HotQuery, db
 from ..runtime import config, now, services
 from .endpoints import (
     DeviceAuthorizationEndpoint,
@@ -38,8 +38,9 @@ SCOPES_SUPPORTED = ["openid", "profile", "email", "sessions", "admin"]
 
 
 _CLIENTS = Client.__table__
-_ENABLED_CLIENT = sa.select(_CLIENTS).where(_CLIENTS.c.client_id == sa.bindparam("client_id"),
-                                           _CLIENTS.c.disabled_at.is_(None))
+_ENABLED_CLIENT = HotQuery(sa.select(_CLIENTS).where(
+    _CLIENTS.c.client_id == sa.bindparam("client_id"), _CLIENTS.c.disabled_at.is_(None)))
+_CLIENT_KEYS = tuple(column.key for column in _CLIENTS.columns)
 
 
 class AuthorizationServer(_AuthorizationServer):
@@ -54,14 +55,13 @@ class AuthorizationServer(_AuthorizationServer):
         introspection. Nothing attaches it to a session: rows refer to it by id."""
         if not client_id or len(client_id) > 64 or not client_id.isprintable():
             return None
-        row = db.session.connection().execute(_ENABLED_CLIENT, {"client_id": client_id}).first()
-        if row is None:
+        values = _ENABLED_CLIENT.first(db.session.connection(), {"client_id": client_id})
+        if values is None:
             return None
-        values = tuple(row)
         cached = self._clients.get(client_id)
         if cached is not None and cached[0] == values:
             return cached[1]
-        client = Client(**row._mapping)
+        client = Client(**dict(zip(_CLIENT_KEYS, values, strict=True)))
         if len(self._clients) > 1000:
             self._clients.clear()
         self._clients[client_id] = (values, client)
