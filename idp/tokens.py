@@ -218,13 +218,13 @@ class PresentedRefresh:
         return self.holder.scope
 
 
-def find_refresh(value: str, connection: sa.Connection | None = None) -> PresentedRefresh | None:
-    """The token and its family's standing (on the request's session, or on
-    ``connection`` for a read-only path), or None for anything not one of ours."""
+def find_refresh(value: str) -> PresentedRefresh | None:
+    """The token and its family's standing, read on the request's session (whose writes
+    follow), or None for anything not one of ours."""
     parts = passwords.split_token(value)
     if parts is None:
         return None
-    row = _PRESENTED.first(connection or db.session.connection(), {"token_id": parts[0]})
+    row = _PRESENTED.first(db.session.connection(), {"token_id": parts[0]})
     if row is None or not passwords.verify_secret(parts[1], row[1]):
         return None
     token_id, _hash, issued_at, expires_at, rotated_at, account_id, ip_last, disabled_at = row[:8]

@@ -78,7 +78,8 @@ def login(user: User, clock, origin: Origin = ORIGIN) -> sessions.Started:
 def grant(session: LoginSession, client: Client, clock) -> tuple[TokenFamily, str]:
     """What a code exchange leaves behind: a family with a refresh token."""
     family = tokens.start_family(session=session, client=client, scope="openid", now=clock.now())
-    value = tokens.issue_refresh(tokens.Holder.of(family, issuing=True), now=clock.now(), lifetime=timedelta(hours=720))
+    value = tokens.issue_refresh(tokens.Holder.of(family, issuing=True),
+                                 now=clock.now(), lifetime=timedelta(hours=720))
     db.session.commit()
     return family, value
 

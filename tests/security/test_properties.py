@@ -329,7 +329,8 @@ class SessionLifecycle(RuleBasedStateMachine):
             return multiple()
         family = tokens.start_family(session=s, client=db.session.get(Client, self.client_id),
                                      scope="openid", now=self.now)
-        value = tokens.issue_refresh(tokens.Holder.of(family, issuing=True), now=self.now, lifetime=timedelta(days=30))
+        value = tokens.issue_refresh(tokens.Holder.of(family, issuing=True),
+                                     now=self.now, lifetime=timedelta(days=30))
         db.session.commit()
         self.issued.append(value)
         return value
@@ -381,7 +382,8 @@ class SessionLifecycle(RuleBasedStateMachine):
         assert self.independently_active(family.session)
         sessions.touch(family.session, self.now, "127.0.0.1", timedelta(seconds=60))
         family.last_issued_at = self.now
-        new = tokens.issue_refresh(tokens.Holder.of(family, issuing=True), now=self.now, lifetime=timedelta(days=30))
+        new = tokens.issue_refresh(tokens.Holder.of(family, issuing=True),
+                                   now=self.now, lifetime=timedelta(days=30))
         db.session.commit()
         self.issued.append(new)
         return new
