@@ -69,6 +69,8 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "LOGIN_LOCKOUT": ("15m", "duration", "Lockout window after too many failed sign-ins"),
     "TOKEN_RATE_LIMIT": ("1200 per minute", "str", "Token requests per OAuth client"),
     "INTROSPECTION_RATE_LIMIT": ("12000 per minute", "str", "Introspection calls per OAuth client"),
+    "RATE_LIMIT_SYNC": ("0.25s", "duration",
+                        "With Redis: how often a node adds its request counts to the shared ones"),
     # -- passwords (argon2id)
     "ARGON2_TIME_COST": (3, "int", "argon2id iterations"),
     "ARGON2_MEMORY_COST": (65536, "int", "argon2id memory in KiB"),
@@ -202,6 +204,7 @@ def _validate(config: dict) -> None:
             "IDP_ACTIVITY_WRITE_INTERVAL must be at least 1s and below IDP_IDLE_TIMEOUT_MIN, "
             "or active users would be signed out for inactivity"
         )
+    _bounded(config, "RATE_LIMIT_SYNC", timedelta(0), timedelta(seconds=60))
     if not 1 <= config["LOGIN_MAX_FAILURES"] <= 100:
         raise ConfigError("IDP_LOGIN_MAX_FAILURES must be between 1 and 100")
     for name in ("LOGIN_IP_LIMIT", "TOKEN_RATE_LIMIT", "INTROSPECTION_RATE_LIMIT"):

@@ -11,6 +11,7 @@ attacker which accounts exist.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,6 +83,61 @@ class ResilientStrategy:
     def clear(self, *args, **kwargs):
         return self._call("clear", *args, **kwargs)
 
+    def add(self, item, identifiers: tuple, amount: int) -> int:
+        """Add ``amount`` to the current window's counter; its new value."""
+        if time.monotonic() >= self.down_until:
+            try:
+                return self.primary.storage.incr(item.key_for(*identifiers), item.get_expiry(),
+                                                 amount=amount)
+            except Exception:  # noqa: BLE001 - any storage failure
+                logging.getLogger("idp").warning("rate-limit storage unreachable; using memory")
+                self.down_until = time.monotonic() + self.retry
+        return self.fallback.storage.incr(item.key_for(*identifiers), item.get_expiry(),
+                                          amount=amount)
+
+
+class SharedCounts:
+    """Request-rate limits over a shared store (Redis), counted here between syncs: a key's
+    requests are added to the store in one step at most every ``interval`` seconds, and at
+    once when this node's estimate (the store's count at the last sync plus what it counted
+    since) reaches the limit. One Redis round trip per request cost introspection a quarter
+    of its throughput; this makes it one per client per interval. Each node may admit what
+    it receives in one interval beyond the shared count; refusals are exact (they always ask
+    the store). The login lockout does not use this: its counters are exact."""
+
+    def __init__(self, strategy: ResilientStrategy, interval: float):
+        self.strategy = strategy
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.counts: dict[str, list] = {}  # key -> [count at last sync, counted since, synced at]
+
+    def hit(self, item, *identifiers: str) -> bool:
+        key = item.key_for(*identifiers)
+        current = time.monotonic()
+        with self.lock:
+            entry = self.counts.get(key)
+            if entry is None:
+                if len(self.counts) > 10000:
+                    self._forget(current)
+                entry = self.counts[key] = [0, 0, float("-inf")]
+            entry[1] += 1
+            if entry[0] + entry[1] <= item.amount and current - entry[2] < self.interval:
+                return True
+            pending, entry[1], entry[2] = entry[1], 0, current
+        shared = self.strategy.add(item, identifiers, pending)
+        with self.lock:
+            entry[0] = shared
+        return shared <= item.amount
+
+    def _forget(self, current: float) -> None:
+        """Drop keys with nothing left to add and no sync for a minute (client IPs pile up)."""
+        for key in [key for key, (_count, pending, synced) in self.counts.items()
+                    if not pending and current - synced > 60]:
+            del self.counts[key]
+
+    def get_window_stats(self, *args, **kwargs):
+        return self.strategy.get_window_stats(*args, **kwargs)
+
 
 @dataclass(frozen=True)
 class LoginState:
@@ -152,6 +208,10 @@ def setup(app: Flask) -> None:
                                   key_prefix="idp")
     strategy = ResilientStrategy(FixedWindowRateLimiter(storage))
     app.extensions["idp.limits"] = strategy
+    interval = config["RATE_LIMIT_SYNC"].total_seconds()
+    shared = not isinstance(storage, MemoryStorage)
+    app.extensions["idp.request_limits"] = SharedCounts(strategy, interval) \
+        if shared and interval > 0 else strategy
     app.extensions["idp.login_throttle"] = LoginThrottle(
         strategy,
         max_failures=config["LOGIN_MAX_FAILURES"],
@@ -164,7 +224,7 @@ def limit(rule_setting: str, key: str | None = None, scope: str | None = None):
     """Count one request against ``config[rule_setting]`` for ``key`` (the client IP by
     default); over it, answer 429 with Retry-After in the caller's format. Uses the
     limiter's storage and strategy directly: no per-request decorator bookkeeping."""
-    strategy: ResilientStrategy = current_app.extensions["idp.limits"]
+    strategy: ResilientStrategy | SharedCounts = current_app.extensions["idp.request_limits"]
     rules = current_app.extensions.setdefault("idp.rules", {})
     items = rules.get(rule_setting)
     if items is None:

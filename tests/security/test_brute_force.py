@@ -236,3 +236,58 @@ def test_two_nodes_with_redis_count_failures_together(settings, clock, backend, 
             with node.app_context():
                 db.session.remove()
                 db.engine.dispose()
+
+
+def _shared_count(client_id: str) -> int:
+    """The introspection counter Redis holds for ``client_id`` (0 when none)."""
+    import redis
+
+    store = redis.Redis.from_url("redis://127.0.0.1:6379/14")
+    keys = [key for key in store.scan_iter(match="*INTROSPECTION_RATE_LIMIT*")
+            if client_id.encode() in key]
+    return sum(int(store.get(key) or 0) for key in keys)
+
+
+@pytest.mark.skipif(not redis_up(), reason="no Redis on 127.0.0.1:6379")
+def test_two_nodes_share_request_limits_counted_locally_between_syncs(settings, clock, backend,
+                                                                      party):
+    """With Redis, a node adds its requests to the shared counter once per sync interval
+    (not one round trip per request), and at once when its estimate reaches the limit: the
+    other node then refuses on the shared count."""
+    victim = party("Photos")
+    nodes = [create_app({**settings, "REDIS_URL": "redis://127.0.0.1:6379/14",
+                         "INTROSPECTION_RATE_LIMIT": "6 per minute", "RATE_LIMIT_SYNC": "60s"},
+                        clock=clock) for _ in range(2)]
+    try:
+        a, b = (node.test_client() for node in nodes)
+
+        def introspect(http):
+            return http.post("/oauth/introspect", data={"token": "x"},
+                             auth=(victim.client_id, "guess")).status_code
+
+        assert [introspect(a) for _ in range(6)] == [401] * 6
+        assert _shared_count(victim.client_id) == 1  # the first request synced; five counted here
+        assert introspect(a) == 429  # the estimate passed the limit: synced, refused
+        assert _shared_count(victim.client_id) == 7
+        assert introspect(b) == 429  # node B's first request meets the shared count
+    finally:
+        for node in nodes:
+            with node.app_context():
+                db.session.remove()
+                db.engine.dispose()
+
+
+@pytest.mark.skipif(not redis_up(), reason="no Redis on 127.0.0.1:6379")
+def test_a_sync_interval_of_zero_counts_every_request_in_redis(settings, clock, backend, party):
+    victim = party("Photos")
+    node = create_app({**settings, "REDIS_URL": "redis://127.0.0.1:6379/14",
+                       "RATE_LIMIT_SYNC": "0"}, clock=clock)
+    try:
+        http = node.test_client()
+        for _ in range(3):
+            http.post("/oauth/introspect", data={"token": "x"}, auth=(victim.client_id, "guess"))
+        assert _shared_count(victim.client_id) == 3
+    finally:
+        with node.app_context():
+            db.session.remove()
+            db.engine.dispose()
