@@ -770,7 +770,8 @@ def describe(session: LoginSession, now: datetime) -> SessionView:
 
 
 def _attach_details(views: list[SessionView], events_per_session: int) -> None:
-    """Apps and events for a page of sessions in two queries, whatever its size."""
+    """Apps and the newest events for a page of sessions in two queries, whatever its size
+    (one when no events are asked for)."""
     if not views:
         return
     by_id = {v.session.id: v for v in views}
@@ -793,15 +794,21 @@ def _attach_details(views: list[SessionView], events_per_session: int) -> None:
         grant.first_issued = min(grant.first_issued, family.created_at)
         grant.last_issued = max(grant.last_issued, family.last_issued_at)
         grant.active = grant.active or family.revoked_at is None
+    if events_per_session <= 0:
+        return
+    # The newest few of each session only: a long-lived session's history can be long.
+    ranked = (sa.select(AuditEvent.id, sa.func.row_number().over(
+        partition_by=AuditEvent.session_id,
+        order_by=(AuditEvent.at.desc(), AuditEvent.id.desc())).label("rank"))
+        .where(AuditEvent.session_id.in_(by_id)).subquery())
     events = db.session.scalars(
         sa.select(AuditEvent)
-        .where(AuditEvent.session_id.in_(by_id))
+        .join(ranked, ranked.c.id == AuditEvent.id)
+        .where(ranked.c.rank <= events_per_session)
         .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
     ).all()
     for event in events:
-        view = by_id[event.session_id]
-        if len(view.events) < events_per_session:
-            view.events.append(event)
+        by_id[event.session_id].events.append(event)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from idp import passwords, sessions, tokens
+from idp import audit, passwords, sessions, tokens
 from idp.models import (
     AuditEvent,
     AuthorizationCode,
@@ -597,6 +597,23 @@ def test_active_sessions_lists_only_the_users_live_ones(ctx, clock, ada, new_use
     clock.advance(minutes=31)  # stale is now idle for 2 h 1 min
     assert [s.id for s in sessions.active_sessions(ada.id, clock.now())] == [live.session.id]
     assert fresh(LoginSession, stale.session.id).ended_at is None
+
+
+def test_history_brings_each_sessions_newest_events_only_and_none_when_none_are_asked(
+        ctx, clock, ada):
+    busy, quiet = login(ada, clock), login(ada, clock, PHONE)
+    for minute in range(1, 8):
+        clock.advance(minutes=1)
+        audit.record(f"test.step{minute}", now=clock.now(), session_id=busy.session.id)
+    db.session.commit()
+    retention = timedelta(days=30)
+    page = sessions.history(ada, clock.now(), retention=retention, events_per_session=3)
+    by_id = {view.session.id: view for view in page.views}
+    assert [e.event for e in by_id[busy.session.id].events] == [
+        "test.step7", "test.step6", "test.step5"]
+    assert [e.event for e in by_id[quiet.session.id].events] == ["session.started"]
+    bare = sessions.history(ada, clock.now(), retention=retention, events_per_session=0)
+    assert all(view.events == [] for view in bare.views)
 
 
 # -- sweep ---------------------------------------------------------------------------------------
