@@ -258,6 +258,7 @@ ENDPOINTS = [
     ("introspect: inactive token", "introspect.lua", "/oauth/introspect", "inactive_tokens.txt"),
     ("userinfo", "bearer.lua", "/userinfo", "access_tokens.txt"),
     ("GET /api/v1/sessions", "bearer.lua", "/api/v1/sessions?limit=25", "access_tokens.txt"),
+    ("sessions page (HTML)", "cookie.lua", "/account/sessions", "session_cookies.txt"),
     ("refresh_token grant", "refresh.lua", "/oauth/token", "refresh_tokens.txt"),
     ("authorization_code exchange", "code.lua", "/oauth/token", "codes.txt"),
     ("client_credentials grant", "client_credentials.lua", "/oauth/token", None),

@@ -474,7 +474,7 @@ def seed_fresh(app, fresh: int, out: Path, *, progress: Callable[[int], None] | 
             .order_by(User.id).limit(max(50, min(fresh, 5000)))).all()
         if not users:
             raise click.ClickException("no bench users: seed the history first")
-        fresh_rt, fresh_codes, access = [], [], []
+        fresh_rt, fresh_codes, access, cookies = [], [], [], []
         loader = Loader(db.engine)
         alg = app.config["ACCESS_TOKEN_ALG"]
         reported = 0
@@ -483,8 +483,13 @@ def seed_fresh(app, fresh: int, out: Path, *, progress: Callable[[int], None] | 
             for i in range(fresh):
                 user = users[i % len(users)]
                 sid, fid = passwords.new_id(), passwords.new_id()
+                secret_hash = HASH
+                if i < 2000:  # a browser's cookie for the sessions page
+                    cookie_secret = passwords.new_token()[1]
+                    secret_hash = passwords.hash_secret(cookie_secret)
+                    cookies.append(f"{sid}.{cookie_secret}")
                 loader.add("login_sessions", (
-                    sid, HASH, user.id, user.account_id, "browser", now, now, now, None, None,
+                    sid, secret_hash, user.id, user.account_id, "browser", now, now, now, None, None,
                     '["pwd"]', "203.0.113.8", "203.0.113.8", UA, "Chrome on macOS", "desktop",
                     "France"))
                 loader.add("token_families", (fid, sid, client.client_id, user.id, SCOPE, now,
@@ -533,6 +538,7 @@ def seed_fresh(app, fresh: int, out: Path, *, progress: Callable[[int], None] | 
         (out / "refresh_tokens.txt").write_text("\n".join(fresh_rt[:-200]) + "\n")
         (out / "codes.txt").write_text("\n".join(fresh_codes) + "\n")
         (out / "access_tokens.txt").write_text("\n".join(access) + "\n")
+        (out / "session_cookies.txt").write_text("\n".join(cookies) + "\n")
         (out / "inactive_tokens.txt").write_text("\n".join(inactive) + "\n")
         (out / "active_refresh_tokens.txt").write_text("\n".join(fresh_rt[-200:]) + "\n")
         seeded = Seeded(client.client_id, secret, rs.client_id, rs_secret, REDIRECT_URI,

@@ -1,9 +1,9 @@
-"""Hot reads on the driver's cursor (``HotQuery``) answer exactly as SQLAlchemy would,
-and fail as it would."""
+"""Hot statements on the driver's cursor (``HotQuery``) answer exactly as SQLAlchemy
+would, and fail as it would."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -39,6 +39,28 @@ def test_a_hot_query_on_the_requests_transaction_sees_its_uncommitted_writes(app
         db.session.rollback()
         with read_only() as connection:
             assert "Changed" not in USERS.first(connection, {"sub": sub})
+
+
+RENAME = HotQuery(sa.update(User.__table__)
+                  .where(User.sub == sa.bindparam("sub"), User.disabled_at.is_(None))
+                  .values(name=sa.bindparam("name"), disabled_at=sa.bindparam("at")))
+
+
+def test_a_hot_write_converts_its_parameters_as_sqlalchemy_would_and_counts_its_rows(
+        app, make_user):
+    """``run`` (the refresh grant's writes): an aware datetime is stored as the column's
+    type stores it, and the matched rows are counted, so a lost race reads as 0."""
+    sub = make_user("ada@example.com")
+    at = datetime(2026, 11, 24, 12, 30, 15, 123456, tzinfo=UTC)
+    with app.app_context():
+        assert RENAME.run(db.session.connection(), {"sub": sub, "name": "Ada", "at": at}) == 1
+        assert RENAME.run(db.session.connection(), {"sub": sub, "name": "Again", "at": at}) == 0
+        db.session.commit()
+        user = db.session.scalars(sa.select(User).where(User.sub == sub)).one()
+        assert (user.name, user.disabled_at) == ("Ada", at)
+        with pytest.raises(ValueError, match="naive"):  # the column type's own check
+            RENAME.run(db.session.connection(), {"sub": "x", "name": "x", "at": datetime(2026, 1, 1)})
+        db.session.rollback()
 
 
 def test_a_dead_connection_fails_once_through_sqlalchemy_then_the_pool_starts_afresh(
