@@ -9,8 +9,9 @@ from __future__ import annotations
 import threading
 
 import pytest
+import sqlalchemy as sa
 
-from idp.models import TokenFamily, db
+from idp.models import TokenFamily, User, db
 from tests.security.conftest import ADA, Browser, Grant, audit_events, pkce_pair, query_of, read
 
 
@@ -114,6 +115,24 @@ def test_racing_refreshes_with_one_token_let_exactly_one_through(app, world):
     # The losers were reuse: the family is revoked, the winner's new tokens included.
     assert error_of(photos.refresh(winner["refresh_token"])) == "invalid_grant"
     assert not photos.active(winner["access_token"])
+
+
+def test_a_disabled_user_cannot_refresh_even_if_a_session_were_left_open(app, world, clock):
+    """Disabling ends every session; the grant also refuses a disabled user on its own, so
+    a session left open by any other path issues nothing, and nothing is used up."""
+    photos, _, browser = world
+    tokens = photos.tokens(browser)
+    with app.app_context():
+        db.session.execute(sa.update(User).where(User.email == ADA)
+                           .values(disabled_at=clock.now()))
+        db.session.commit()
+    refused = photos.refresh(tokens["refresh_token"])
+    assert refused.status_code == 400 and error_of(refused) == "invalid_grant"
+    assert refused.get_json()["error_description"] == "The user is disabled."
+    with app.app_context():
+        db.session.execute(sa.update(User).where(User.email == ADA).values(disabled_at=None))
+        db.session.commit()
+    assert photos.refresh(tokens["refresh_token"]).status_code == 200  # not rotated by the refusal
 
 
 def test_refresh_cannot_widen_the_scope(world):
