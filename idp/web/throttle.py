@@ -62,38 +62,33 @@ class ResilientStrategy:
         self.retry = retry
         self.down_until = 0.0
 
-    def _call(self, name: str, *args, **kwargs):
+    def _run(self, action):
+        """``action(strategy)`` on the shared store's strategy, or on this node's while the
+        store is unreachable."""
         if time.monotonic() >= self.down_until:
             try:
-                return getattr(self.primary, name)(*args, **kwargs)
+                return action(self.primary)
             except Exception:  # noqa: BLE001 - any storage failure
                 logging.getLogger("idp").warning("rate-limit storage unreachable; using memory")
                 self.down_until = time.monotonic() + self.retry
-        return getattr(self.fallback, name)(*args, **kwargs)
+        return action(self.fallback)
 
     def hit(self, *args, **kwargs):
-        return self._call("hit", *args, **kwargs)
+        return self._run(lambda strategy: strategy.hit(*args, **kwargs))
 
     def test(self, *args, **kwargs):
-        return self._call("test", *args, **kwargs)
+        return self._run(lambda strategy: strategy.test(*args, **kwargs))
 
     def get_window_stats(self, *args, **kwargs):
-        return self._call("get_window_stats", *args, **kwargs)
+        return self._run(lambda strategy: strategy.get_window_stats(*args, **kwargs))
 
     def clear(self, *args, **kwargs):
-        return self._call("clear", *args, **kwargs)
+        return self._run(lambda strategy: strategy.clear(*args, **kwargs))
 
     def add(self, item, identifiers: tuple, amount: int) -> int:
         """Add ``amount`` to the current window's counter; its new value."""
-        if time.monotonic() >= self.down_until:
-            try:
-                return self.primary.storage.incr(item.key_for(*identifiers), item.get_expiry(),
-                                                 amount=amount)
-            except Exception:  # noqa: BLE001 - any storage failure
-                logging.getLogger("idp").warning("rate-limit storage unreachable; using memory")
-                self.down_until = time.monotonic() + self.retry
-        return self.fallback.storage.incr(item.key_for(*identifiers), item.get_expiry(),
-                                          amount=amount)
+        key, expiry = item.key_for(*identifiers), item.get_expiry()
+        return self._run(lambda strategy: strategy.storage.incr(key, expiry, amount=amount))
 
 
 class SharedCounts:
