@@ -178,8 +178,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         holder, current = refresh_token.holder, now()
         if holder.revoked_at is not None:
             raise InvalidGrantError("The grant has been revoked.")
-        if holder.session_id is None or holder.ended_at is not None \
-                or holder.policy().expiry_reason(holder, current) is not None:
+        if not holder.active(current):  # the session ended or is past a deadline
             _session_or_error(db.session.get(LoginSession, holder.session_id)
                               if holder.session_id else None)  # raises, recording the end
         if refresh_token.user_disabled_at is not None:
