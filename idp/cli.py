@@ -313,7 +313,7 @@ def create_client_command(name, redirect_uris, public, first_party, resource_ser
 def set_policy_command(account_name, max_duration, idle_timeout, max_concurrent, on_limit,
                        dry_run, as_json) -> None:
     """Change an account's session policy (bounds: IDP_SESSION_DURATION_MIN/_MAX, ...)."""
-    from . import policy
+    from . import policy, policy_changes
     from .models import db
 
     app = _app()
@@ -335,11 +335,13 @@ def set_policy_command(account_name, max_duration, idle_timeout, max_concurrent,
             new = policy.validate(policy.PolicyBounds.from_config(app.config), **values)
         except policy.PolicyError as exc:
             raise CommandError(f"invalid policy: {exc}") from None
-        impact = policy.impact(account, new, now).as_dict()
         changes = {}
-        if not dry_run:
-            changes = policy.change(account, new, now=now, actor="operator:cli")
+        if dry_run:
+            impact = policy_changes.preview(account, new, now).as_dict()
+        else:
+            applied = policy_changes.apply(account, new, now=now, actor="operator:cli")
             db.session.commit()
+            changes, impact = applied.changes, applied.impact.as_dict()
         stored = policy.SessionPolicy.of(account)
         data = {
             "account": account.name,

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry, relationship
 
 from . import passwords
@@ -41,6 +42,29 @@ class UTCDateTime(sa.types.TypeDecorator):
         if value is None:
             return None
         return value.replace(tzinfo=UTC)
+
+
+class seconds_before(sa.sql.functions.FunctionElement):  # noqa: N801 - reads as SQL
+    """``instant - seconds`` (a number of seconds, usually a column) as a timestamp, exact
+    to the microsecond on both databases: PostgreSQL's interval arithmetic; on SQLite a
+    function registered on every connection (``sqlite.seconds_before``), since SQLite's
+    own date functions drop the microseconds."""
+
+    type = UTCDateTime()
+    name = "idp_seconds_before"
+    inherit_cache = True
+
+
+@compiles(seconds_before)
+def _seconds_before(element, compiler, **kw) -> str:
+    return f"idp_seconds_before({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(seconds_before, "postgresql")
+def _seconds_before_postgresql(element, compiler, **kw) -> str:
+    instant, seconds = element.clauses
+    return (f"({compiler.process(instant, **kw)} - "
+            f"make_interval(secs => {compiler.process(seconds, **kw)}))")
 
 
 class Base(DeclarativeBase):
@@ -185,6 +209,7 @@ class EndReason(enum.StrEnum):
     EVICTED_CONCURRENT = "evicted_concurrent"
     PASSWORD_CHANGED = "password_changed"
     DISABLED = "disabled"
+    POLICY_CHANGED = "policy_changed"
 
     @property
     def is_expiry(self) -> bool:
@@ -220,6 +245,10 @@ class User(db.Model):
     password_hash: Mapped[str] = mapped_column(sa.String(200))
     created_at: Mapped[datetime]
     disabled_at: Mapped[datetime | None]
+    #: Moves on every password change and every disable. A sign-in opens its session only
+    #: if the version it verified the password under is still the user's (read under the
+    #: user's row lock): one that raced a change is refused (DESIGN invariant 9).
+    credentials_version: Mapped[int] = mapped_column(default=0, server_default="0")
 
     account: Mapped[Account] = relationship(back_populates="users", lazy="joined")
 

@@ -2,6 +2,11 @@
 
 The policy is read at check time, never copied into sessions, so a stricter
 policy reaches existing sessions at their next check (DESIGN invariant 3).
+
+``SessionPolicy.end_reason`` is the one rule of whether a login session is still active,
+and ``end_reason_sql`` the same rule in SQL for bulk work (the sweep, the "active" lists
+and counts); ``tests/test_policy.py`` holds them equal at the exact deadlines on both
+databases. Every other check of a session or a token asks one of these two.
 """
 
 from __future__ import annotations
@@ -12,9 +17,8 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from . import audit
 from .config import parse_duration
-from .models import Account, EndReason, LoginSession, OnLimit, db
+from .models import Account, EndReason, LoginSession, OnLimit, User, UTCDateTime, seconds_before
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,48 @@ class SessionPolicy:
         if now >= self.idle_deadline(session):
             return EndReason.EXPIRED_IDLE
         return None
+
+    def end_reason(self, session: LoginSession, now: datetime, *,
+                   user_disabled: bool) -> EndReason | None:
+        """None while the session is active under this policy; otherwise why not: the end
+        recorded on it, its user disabled, or the deadline it is past. The rule every
+        check asks (DESIGN invariant 10); ``end_reason_sql`` is its SQL form. ``session``
+        is anything with the session's ``ended_at``, ``end_reason``, ``created_at`` and
+        ``last_active_at`` (a ``LoginSession``, a ``tokens.Holder``, a row)."""
+        if session.ended_at is not None:
+            return EndReason(session.end_reason)
+        if user_disabled:
+            return EndReason.DISABLED
+        return self.expiry_reason(session, now)
+
+
+def _of_account(column) -> sa.ScalarSelect:
+    """The session's account's current value of ``column``, per session row."""
+    return sa.select(column).where(Account.id == LoginSession.account_id).scalar_subquery()
+
+
+def end_reason_sql(now: datetime) -> sa.Case:
+    """``SessionPolicy.end_reason`` of each ``login_sessions`` row under its account's
+    current policy, as one SQL expression: the reason as text, NULL while the session is
+    active. Deadlines are computed to the microsecond on both databases
+    (``models.seconds_before``), so the two forms agree at the exact instant."""
+    at = sa.literal(now, UTCDateTime())
+    disabled = sa.select(User.disabled_at).where(User.id == LoginSession.user_id).scalar_subquery()
+    return sa.case(
+        (LoginSession.ended_at.is_not(None), LoginSession.end_reason),
+        (disabled.is_not(None), sa.literal(str(EndReason.DISABLED))),
+        (LoginSession.created_at <= seconds_before(at, _of_account(Account.max_session_duration)),
+         sa.literal(str(EndReason.EXPIRED_DURATION))),
+        (LoginSession.last_active_at <= seconds_before(at, _of_account(Account.idle_timeout)),
+         sa.literal(str(EndReason.EXPIRED_IDLE))),
+        else_=sa.null(),
+    )
+
+
+def active_sql(now: datetime) -> sa.ColumnElement[bool]:
+    """Sessions active at ``now`` (``end_reason_sql`` is NULL), with "open" spelled out so
+    the partial indexes over open sessions apply."""
+    return sa.and_(LoginSession.ended_at.is_(None), end_reason_sql(now).is_(None))
 
 
 @dataclass(frozen=True)
@@ -162,96 +208,3 @@ def decide_login(policy: SessionPolicy, active: list[LoginSession]) -> Decision:
     excess = len(active) - limit + 1
     oldest = sorted(active, key=lambda s: (s.last_active_at, s.created_at, s.id))[:excess]
     return Decision(LoginDecision.END_OLDEST, tuple(oldest))
-
-
-# -- changing an account's policy ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Impact:
-    """What saving a new policy would do at once, shown before it is saved."""
-
-    sessions_ended: int
-    users_with_sessions_ended: int
-    users_over_limit: int
-    updated_sessions: int
-
-    def as_dict(self) -> dict:
-        return {
-            "sessions_ended_now": self.sessions_ended,
-            "users_with_sessions_ended_now": self.users_with_sessions_ended,
-            "users_over_concurrent_limit": self.users_over_limit,
-            "sessions_whose_deadlines_move": self.updated_sessions,
-        }
-
-
-def _active_rows(account: Account, now: datetime) -> list[tuple[str, int, datetime, datetime]]:
-    current = SessionPolicy.of(account)
-    return db.session.execute(
-        sa.select(LoginSession.id, LoginSession.user_id, LoginSession.created_at,
-                  LoginSession.last_active_at)
-        .where(
-            LoginSession.account_id == account.id,
-            LoginSession.ended_at.is_(None),
-            LoginSession.created_at > now - current.max_duration,
-            LoginSession.last_active_at > now - current.idle_timeout,
-        )
-    ).all()
-
-
-def impact(account: Account, new: SessionPolicy, now: datetime) -> Impact:
-    """Count, without changing anything, what the new values would end or move."""
-    rows = _active_rows(account, now)
-    ended = [
-        r for r in rows
-        if now >= r.created_at + new.max_duration or now >= r.last_active_at + new.idle_timeout
-    ]
-    per_user: dict[int, int] = {}
-    for r in rows:
-        if r not in ended:
-            per_user[r.user_id] = per_user.get(r.user_id, 0) + 1
-    over = 0
-    if new.max_concurrent is not None:
-        over = sum(1 for count in per_user.values() if count > new.max_concurrent)
-    current = SessionPolicy.of(account)
-    moved = len(rows) if (new.max_duration, new.idle_timeout) != (
-        current.max_duration, current.idle_timeout) else 0
-    return Impact(len(ended), len({r.user_id for r in ended}), over, moved)
-
-
-def change(account: Account, new: SessionPolicy, *, now: datetime, actor: str,
-           ip: str | None = None) -> dict:
-    """Store the new policy. Sessions are judged by it at their next check (a shorter
-    duration can expire them at once); those whose deadlines moved show "updated" now.
-    Returns {field: [old, new]} for what changed."""
-    old = SessionPolicy.of(account)
-    changes = {}
-    for name, before, after in (
-        ("max_duration", int(old.max_duration.total_seconds()),
-         int(new.max_duration.total_seconds())),
-        ("idle_timeout", int(old.idle_timeout.total_seconds()),
-         int(new.idle_timeout.total_seconds())),
-        ("max_concurrent", old.max_concurrent, new.max_concurrent),
-        ("on_limit", str(old.on_limit), str(new.on_limit)),
-    ):
-        if before != after:
-            changes[name] = [before, after]
-    if not changes:
-        return changes
-    if "max_duration" in changes or "idle_timeout" in changes:
-        ids = [r.id for r in _active_rows(account, now)]
-        for start in range(0, len(ids), 500):
-            db.session.execute(
-                sa.update(LoginSession)
-                .where(LoginSession.id.in_(ids[start:start + 500]))
-                .values(updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
-    account.max_session_duration = int(new.max_duration.total_seconds())
-    account.idle_timeout = int(new.idle_timeout.total_seconds())
-    account.max_concurrent_sessions = new.max_concurrent
-    account.on_concurrent_limit = str(new.on_limit)
-    account.policy_updated_at = now
-    audit.record("policy.changed", now=now, account_id=account.id, actor=actor, ip=ip,
-                 changes=changes)
-    return changes

@@ -3,7 +3,13 @@
 ``end`` is the one way a session stops, whatever the path (the user, an
 administrator, the logout endpoint, a policy expiry, a password change, the
 sweep): it marks the session, revokes every token family under it and writes
-the audit event in the caller's transaction (DESIGN invariant 2).
+the audit event in the caller's transaction (DESIGN invariant 2); ``end_many`` does
+the same for many sessions at once.
+
+Creating a session and ending all of a user's sessions both start by locking the
+user's row (``lock_user``), so they happen one after the other: an end-all ends every
+session that exists when it commits, and a sign-in that waited for it re-checks what
+vouches for it afterwards (DESIGN invariant 9).
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ from .models import (
     EndReason,
     LoginSession,
     LogoutDelivery,
+    OnLimit,
     RefreshToken,
     TokenFamily,
     User,
     db,
 )
-from .policy import LoginDecision, SessionPolicy, decide_login
+from .policy import LoginDecision, SessionPolicy, active_sql, decide_login, end_reason_sql
 
 
 class Status(enum.StrEnum):
@@ -53,6 +60,11 @@ class Origin:
     device_label: str = "Unknown browser"
     device_type: str = "other"
     location: str = "Unknown location"
+
+
+class CredentialsChanged(Exception):
+    """What vouched for a new session no longer holds: the password was changed or the
+    user disabled since the password was verified, or the approving session ended."""
 
 
 class SessionLimitReached(Exception):
@@ -74,37 +86,51 @@ def policy_of(session: LoginSession) -> SessionPolicy:
     return SessionPolicy.of(session.account)
 
 
+def end_reason(session: LoginSession, now: datetime) -> EndReason | None:
+    """``SessionPolicy.end_reason`` of a session under its account's current policy:
+    None while it is active."""
+    return policy_of(session).end_reason(session, now,
+                                         user_disabled=session.user.disabled_at is not None)
+
+
 def status(session: LoginSession, now: datetime) -> Status:
-    """Derived, never stored: ended/expired by its end reason, or by the current policy."""
-    if session.ended_at is not None:
-        return Status.EXPIRED if EndReason(session.end_reason).is_expiry else Status.ENDED
-    if policy_of(session).expiry_reason(session, now) is not None:
-        return Status.EXPIRED
-    return Status.ACTIVE
+    """Derived, never stored: active, or expired / ended by its end reason."""
+    reason = end_reason(session, now)
+    if reason is None:
+        return Status.ACTIVE
+    return Status.EXPIRED if reason.is_expiry else Status.ENDED
 
 
-def active_sessions(user_id: int, now: datetime, *, lock: bool = False) -> list[LoginSession]:
-    """The user's sessions that are active under the account's current policy."""
-    if lock:
-        # Serialises logins of one user: a row lock on PostgreSQL, the writer lock on
-        # SQLite. Both hold until commit, so concurrent logins see each other's rows.
-        db.session.execute(sa.update(User).where(User.id == user_id).values(id=User.id))
+def lock_user(user: User) -> None:
+    """Lock the user's row until commit (PostgreSQL's row lock; on SQLite the one write
+    turn) and read the user's credentials as they are now into ``user``. Creating a
+    session, changing the password, disabling the user and ending all sessions take it
+    first, so they happen one after the other, never interleaved (DESIGN invariant 9)."""
+    row = db.session.execute(
+        sa.update(User).where(User.id == user.id).values(id=User.id)
+        .returning(User.password_hash, User.credentials_version, User.disabled_at)
+        .execution_options(synchronize_session=False)
+    ).one()
+    for name, value in zip(("password_hash", "credentials_version", "disabled_at"), row,
+                           strict=True):
+        set_committed_value(user, name, value)
+
+
+def active_sessions(user: User, now: datetime) -> list[LoginSession]:
+    """The user's sessions that are active now, read afresh."""
     rows = db.session.scalars(
-        sa.select(LoginSession).where(
-            LoginSession.user_id == user_id, LoginSession.ended_at.is_(None)
-        )
+        sa.select(LoginSession)
+        .where(LoginSession.user_id == user.id, LoginSession.ended_at.is_(None))
+        .execution_options(populate_existing=True)
     ).all()
-    return [s for s in rows if policy_of(s).expiry_reason(s, now) is None]
+    return [s for s in rows if end_reason(s, now) is None]
 
 
 def members_with_active_counts(account: Account, now: datetime) -> list[tuple[User, int]]:
     """The account's users (by email) and how many active sessions each has now."""
-    policy = SessionPolicy.of(account)
     counts = dict(db.session.execute(
         sa.select(LoginSession.user_id, sa.func.count())
-        .where(LoginSession.account_id == account.id, LoginSession.ended_at.is_(None),
-               LoginSession.created_at > now - policy.max_duration,
-               LoginSession.last_active_at > now - policy.idle_timeout)
+        .where(LoginSession.account_id == account.id, active_sql(now))
         .group_by(LoginSession.user_id)
     ).all())
     users = db.session.scalars(
@@ -117,13 +143,36 @@ def start(
     origin: Origin,
     *,
     now: datetime,
+    verified_version: int | None = None,
+    approved_by: LoginSession | None = None,
+    replacing: LoginSession | None = None,
     kind: str = "browser",
     amr: Iterable[str] = ("pwd",),
 ) -> Started:
-    """Open a session under the account's policy (may end the oldest, or refuse)."""
+    """Open a session under the account's policy (may end the oldest, or refuse).
+
+    What vouches for it is checked under the user's row lock, so after any password
+    change, disable or end-all that committed first: either the password was verified
+    under the ``credentials_version`` the user still has, or the session that approved
+    this one (a device login) is still active; and the user is not disabled. Otherwise
+    ``CredentialsChanged``, with nothing written. ``replacing`` (the browser's previous
+    session) is ended after the lock, in the order every ending takes."""
+    if (verified_version is None) == (approved_by is None):
+        raise TypeError("a session needs one proof: verified_version or approved_by")
+    lock_user(user)
+    if user.disabled_at is not None or (
+            verified_version is not None and verified_version != user.credentials_version):
+        raise CredentialsChanged()
+    if approved_by is not None:
+        db.session.refresh(approved_by)
+        if approved_by.user_id != user.id or end_reason(approved_by, now) is not None:
+            raise CredentialsChanged()
+    if replacing is not None:
+        end(replacing, EndReason.LOGOUT, now=now, actor=f"user:{replacing.user.sub}",
+            ip=origin.ip)
     policy = SessionPolicy.of(user.account)
     ended: list[LoginSession] = []
-    active = active_sessions(user.id, now, lock=True)
+    active = active_sessions(user, now)
     decision = decide_login(policy, active)
     if decision.outcome is LoginDecision.DENY:
         audit.record(
@@ -189,11 +238,9 @@ def find(cookie: str | None) -> LoginSession | None:
 
 def check(session: LoginSession, now: datetime) -> EndReason | None:
     """None while the session is active; otherwise why not. A session that has just
-    crossed a deadline is marked expired here (the caller commits)."""
-    if session.ended_at is not None:
-        return EndReason(session.end_reason)
-    reason = policy_of(session).expiry_reason(session, now)
-    if reason is not None:
+    crossed a deadline (or whose user was disabled) is ended here (the caller commits)."""
+    reason = end_reason(session, now)
+    if reason is not None and session.ended_at is None:
         end(session, reason, now=now, actor="policy")
     return reason
 
@@ -226,13 +273,8 @@ def end(
     actor: str,
     ip: str | None = None,
 ) -> bool:
-    """End the session and everything under it. False if it had already ended.
-    An expired session is recorded as ended at its deadline, not when it was noticed."""
-    ended_at = now
-    if reason is EndReason.EXPIRED_DURATION:
-        ended_at = min(now, policy_of(session).absolute_deadline(session))
-    elif reason is EndReason.EXPIRED_IDLE:
-        ended_at = min(now, policy_of(session).idle_deadline(session))
+    """End the session and everything under it. False if it had already ended."""
+    ended_at = ended_at_for(reason, policy_of(session), session, now)
     # Codes not yet exchanged die with the session too. First: an exchange that already
     # claimed one holds it until it commits, so this waits for that exchange, and the
     # family it created is there to be revoked below (invariant 2).
@@ -276,6 +318,17 @@ def end(
     return True
 
 
+def ended_at_for(reason: EndReason, policy: SessionPolicy, session, now: datetime) -> datetime:
+    """When an ending is recorded: an expiry at the deadline crossed, not when it was
+    noticed; any other ending now, but never before the session's last activity (the
+    ending request may have read its clock before a sign-in it waited for)."""
+    if reason is EndReason.EXPIRED_DURATION:
+        return min(now, policy.absolute_deadline(session))
+    if reason is EndReason.EXPIRED_IDLE:
+        return min(now, policy.idle_deadline(session))
+    return max(now, session.last_active_at)
+
+
 def end_all(
     user: User,
     reason: EndReason,
@@ -285,14 +338,14 @@ def end_all(
     ip: str | None = None,
     keep: str | None = None,
 ) -> list[LoginSession]:
-    """End every open session of the user that had started by ``now``, except ``keep``
-    (a session id). A sign-in that commits while this request runs, after its instant,
-    is a new session, not one the user asked to end (and ending it "at ``now``" would
-    record it ended before it started)."""
-    query = sa.select(LoginSession).where(
-        LoginSession.user_id == user.id, LoginSession.ended_at.is_(None),
-        LoginSession.created_at <= now,
-    )
+    """End every session of the user that exists when this commits, except ``keep`` (a
+    session id). The user's row is locked first: a sign-in that committed before is
+    ended here; one that waits for the lock starts after, and must pass its own checks
+    then. No clock reading decides which sessions existed."""
+    lock_user(user)
+    query = (sa.select(LoginSession)
+             .where(LoginSession.user_id == user.id, LoginSession.ended_at.is_(None))
+             .execution_options(populate_existing=True))
     if keep is not None:
         query = query.where(LoginSession.id != keep)
     ended = []
@@ -320,71 +373,34 @@ class SweepResult:
 _RETRIES = 5  # a batch chosen as a deadlock victim (PostgreSQL) is retried this many times
 
 
-def _expiry(max_duration: timedelta, idle_timeout: timedelta, created_at: datetime,
-            last_active_at: datetime, now: datetime) -> tuple[EndReason, datetime] | None:
-    """``SessionPolicy.expiry_reason`` and the deadline crossed, from plain values."""
-    absolute = created_at + max_duration
-    if now >= absolute:
-        return EndReason.EXPIRED_DURATION, absolute
-    idle = last_active_at + idle_timeout
-    if now >= idle:
-        return EndReason.EXPIRED_IDLE, idle
-    return None
-
-
-def _limit_of(column) -> sa.ScalarSelect:
-    """The account's current limit for a deadline column, in seconds, per session row."""
-    limit = Account.max_session_duration if column is LoginSession.created_at else (
-        Account.idle_timeout)
-    return sa.select(limit).where(Account.id == LoginSession.account_id).scalar_subquery()
-
-
-def _past_own_limit(column, now: datetime):
-    """``column <= now - <the account's limit>`` evaluated by PostgreSQL for each row the
-    index range yields (accounts is small and cached), so a batch locks only sessions
-    really past their deadline. None elsewhere: the caller filters in Python."""
-    if not _postgresql():
+def _loosest() -> tuple[timedelta, timedelta] | None:
+    """The shortest maximum duration and inactivity timeout of any account: no open session
+    is past a deadline unless it is past one of these cutoffs (an index range)."""
+    duration, idle = db.session.execute(sa.select(sa.func.min(Account.max_session_duration),
+                                                  sa.func.min(Account.idle_timeout))).one()
+    if duration is None:
         return None
-    return column <= sa.literal(now, column.type) - sa.func.make_interval(
-        0, 0, 0, 0, 0, 0, _limit_of(column))
+    return timedelta(seconds=duration), timedelta(seconds=idle)
+
+
+def _due(now: datetime, column, cutoff: timedelta):
+    """Open sessions in one partial index's range that the rule (``end_reason_sql``, under
+    each row's account's current policy) says are no longer active."""
+    return sa.and_(LoginSession.ended_at.is_(None), column <= now - cutoff,
+                   end_reason_sql(now).is_not(None))
 
 
 def due_for_expiry(now: datetime) -> int:
-    """How many open sessions are past a deadline under their account's current policy:
-    those past the maximum duration, plus those (not past it) idle too long. Each count
-    is one range of a partial index (from the loosest cutoff any account allows), judged
-    per row by its account's policy."""
-    loosest = db.session.execute(sa.select(sa.func.min(Account.max_session_duration),
-                                           sa.func.min(Account.idle_timeout))).one()
-    if loosest[0] is None:
+    """How many open sessions the sweep would end now: those in the range of the maximum
+    duration's index, plus those (not in it) in the range of the inactivity index."""
+    loosest = _loosest()
+    if loosest is None:
         return 0
-    if not _postgresql():
-        return len(_due_rows(now, loosest))
-    created, last = LoginSession.created_at, LoginSession.last_active_at
-    over_duration = db.session.scalar(
-        sa.select(sa.func.count()).select_from(LoginSession).where(
-            LoginSession.ended_at.is_(None), created <= now - timedelta(seconds=loosest[0]),
-            _past_own_limit(created, now)))
-    idle_only = db.session.scalar(
-        sa.select(sa.func.count()).select_from(LoginSession).where(
-            LoginSession.ended_at.is_(None), last <= now - timedelta(seconds=loosest[1]),
-            _past_own_limit(last, now), sa.not_(_past_own_limit(created, now))))
-    return (over_duration or 0) + (idle_only or 0)
-
-
-def _due_rows(now: datetime, loosest: tuple[int, int]) -> set[str]:
-    """The ids of open sessions past a deadline, judged in Python (SQLite)."""
-    due = set()
-    for column, seconds in ((LoginSession.created_at, loosest[0]),
-                            (LoginSession.last_active_at, loosest[1])):
-        for row in db.session.execute(
-            sa.select(LoginSession.id, LoginSession.created_at, LoginSession.last_active_at,
-                      _limit_of(LoginSession.created_at), _limit_of(LoginSession.last_active_at))
-            .where(LoginSession.ended_at.is_(None), column <= now - timedelta(seconds=seconds))
-        ):
-            if _expiry(timedelta(seconds=row[3]), timedelta(seconds=row[4]), row[1], row[2], now):
-                due.add(row[0])
-    return due
+    by_duration = _due(now, LoginSession.created_at, loosest[0])
+    by_idle = sa.and_(_due(now, LoginSession.last_active_at, loosest[1]),
+                      LoginSession.created_at > now - loosest[0])
+    return sum(db.session.scalar(sa.select(sa.func.count()).select_from(LoginSession)
+                                 .where(where)) or 0 for where in (by_duration, by_idle))
 
 
 def due_for_purge(now: datetime, retention: timedelta) -> int:
@@ -409,35 +425,37 @@ def _with_retries(work):
     return None  # pragma: no cover - the loop returns or raises
 
 
-def expire_due(now: datetime, *, batch: int = 500, progress=None, actor: str = "sweep") -> int:
-    """End every open session past a deadline, ``batch`` at a time; returns how many.
+def _account_value(column) -> sa.ScalarSelect:
+    return sa.select(column).where(Account.id == LoginSession.account_id).scalar_subquery()
 
-    Two passes: sessions past their maximum duration, then those idle too long. Each walks
-    one partial index (open sessions by created_at, by last_active_at) once, by keyset,
-    from the loosest cutoff any account's policy allows; each row is judged by its
-    account's current policy (in the query on PostgreSQL, which also locks the batch's
-    sessions FOR NO KEY UPDATE SKIP LOCKED, so concurrent sweeps share the work)."""
-    loosest = db.session.execute(sa.select(sa.func.min(Account.max_session_duration),
-                                           sa.func.min(Account.idle_timeout))).one()
+
+def expire_due(now: datetime, *, batch: int = 500, progress=None, actor: str = "sweep") -> int:
+    """End every open session past a deadline (or of a disabled user), ``batch`` at a
+    time; returns how many.
+
+    Two passes: sessions past the loosest maximum duration, then those idle past the
+    loosest timeout. Each walks one partial index (open sessions by created_at, by
+    last_active_at) once, by keyset; each row is judged by the rule in SQL under its
+    account's current policy (``end_reason_sql``), and on PostgreSQL the batch's sessions
+    are locked FOR NO KEY UPDATE SKIP LOCKED, so concurrent sweeps share the work."""
+    loosest = _loosest()
     db.session.commit()
-    if loosest[0] is None:
+    if loosest is None:
         return 0
     expired = 0
-    for column, seconds in ((LoginSession.created_at, loosest[0]),
-                            (LoginSession.last_active_at, loosest[1])):
+    for column, cutoff in ((LoginSession.created_at, loosest[0]),
+                           (LoginSession.last_active_at, loosest[1])):
         query = (
             sa.select(LoginSession.id, LoginSession.account_id, LoginSession.user_id,
                       LoginSession.created_at, LoginSession.last_active_at,
-                      _limit_of(LoginSession.created_at).label("max_duration"),
-                      _limit_of(LoginSession.last_active_at).label("idle_timeout"))
-            .where(LoginSession.ended_at.is_(None), column <= now - timedelta(seconds=seconds))
+                      _account_value(Account.max_session_duration).label("max_duration"),
+                      _account_value(Account.idle_timeout).label("idle_timeout"),
+                      end_reason_sql(now).label("reason"))
+            .where(_due(now, column, cutoff))
             .order_by(column, LoginSession.id)
             .limit(batch)
             .with_for_update(of=LoginSession, skip_locked=True, key_share=True)
         )
-        exact = _past_own_limit(column, now)
-        if exact is not None:
-            query = query.where(exact)
         position: tuple[datetime, str] | None = None
         while True:
             page = query
@@ -455,37 +473,43 @@ def expire_due(now: datetime, *, batch: int = 500, progress=None, actor: str = "
 
 def _expire_page(query, *, now: datetime, actor: str) -> tuple[list, int]:
     """One batch, one transaction: read (and on PostgreSQL lock, skipping sessions another
-    transaction holds) a page of candidates and end those past a deadline."""
+    transaction holds) a page of sessions the rule says are over, and end them."""
     _batch_settings()
     rows = db.session.execute(query).all()
-    limits: dict[tuple[int, int], tuple[timedelta, timedelta]] = {}
+    policies: dict[tuple[int, int], SessionPolicy] = {}
     endings = []
     for row in rows:
         key = (row.max_duration, row.idle_timeout)
-        if key not in limits:
-            limits[key] = (timedelta(seconds=key[0]), timedelta(seconds=key[1]))
-        expiry = _expiry(*limits[key], row.created_at, row.last_active_at, now)
-        if expiry:
-            endings.append(_Ending(row.id, row.account_id, row.user_id, expiry[0],
-                                   min(now, expiry[1])))
+        if key not in policies:
+            policies[key] = SessionPolicy(timedelta(seconds=key[0]), timedelta(seconds=key[1]),
+                                          None, OnLimit.DENY)
+        endings.append(Ending.of(row, EndReason(row.reason), policies[key], now))
     return rows, end_many(endings, now=now, actor=actor)
 
 
 @dataclass(frozen=True)
-class _Ending:
+class Ending:
+    """One session for ``end_many`` to end: why, and the instant recorded."""
+
     session_id: str
     account_id: int
     user_id: int
     reason: EndReason
     ended_at: datetime
 
+    @classmethod
+    def of(cls, row, reason: EndReason, policy: SessionPolicy, now: datetime) -> Ending:
+        """``row``: the session's id, account_id, user_id, created_at, last_active_at."""
+        return cls(row.id, row.account_id, row.user_id, reason,
+                   ended_at_for(reason, policy, row, now))
 
-def end_many(endings: list[_Ending], *, now: datetime, actor: str) -> int:
+
+def end_many(endings: list[Ending], *, now: datetime, actor: str) -> int:
     """``end`` for many sessions in a few statements, with the same outcome row for row:
     session marked (ended at its deadline), families revoked, pending codes spent, one
-    back-channel logout per client with a URI that holds a family, one audit event. The
-    caller holds the sessions' locks (or SQLite's writer lock) and commits; keep in step
-    with ``end``."""
+    back-channel logout per client with a URI that holds a family, one audit event.
+    A session another transaction ended first is left as it is (and not counted); no
+    lock is needed beforehand. The caller commits; keep in step with ``end``."""
     if not endings:
         return 0
     ids = [e.session_id for e in endings]
@@ -498,24 +522,28 @@ def end_many(endings: list[_Ending], *, now: datetime, actor: str) -> int:
         .execution_options(synchronize_session=False)
     )
     if _postgresql():
-        updated = db.session.execute(_PG_END_SESSIONS, {
+        ended = set(db.session.execute(_PG_END_SESSIONS, {
             "ids": _joined(ids), "ended": _joined(_naive(e.ended_at).isoformat() for e in endings),
-            "reasons": _joined(str(e.reason) for e in endings), "now": _naive(now)}).rowcount
+            "reasons": _joined(str(e.reason) for e in endings), "now": _naive(now)}).scalars())
     else:
+        # This transaction holds SQLite's one write turn since the statement above: what
+        # is open now stays open until it commits.
+        ended = set(db.session.scalars(sa.select(LoginSession.id).where(
+            LoginSession.id.in_(ids), LoginSession.ended_at.is_(None))))
         table = LoginSession.__table__
-        updated = db.session.connection().execute(
-            sa.update(table)
-            .where(table.c.id == sa.bindparam("b_id"), table.c.ended_at.is_(None))
-            .values(ended_at=sa.bindparam("b_ended_at"), end_reason=sa.bindparam("b_reason"),
-                    updated_at=now),
-            [{"b_id": e.session_id, "b_ended_at": e.ended_at, "b_reason": str(e.reason)}
-             for e in endings],
-        ).rowcount
-    if updated != len(endings):
-        # Only without row locks (another writer got in between): fall back to one at a time.
-        db.session.rollback()
-        return sum(end(db.session.get(LoginSession, e.session_id), e.reason, now=now, actor=actor)
-                   for e in endings)
+        if ended:
+            db.session.connection().execute(
+                sa.update(table)
+                .where(table.c.id == sa.bindparam("b_id"), table.c.ended_at.is_(None))
+                .values(ended_at=sa.bindparam("b_ended_at"), end_reason=sa.bindparam("b_reason"),
+                        updated_at=now),
+                [{"b_id": e.session_id, "b_ended_at": e.ended_at, "b_reason": str(e.reason)}
+                 for e in endings if e.session_id in ended],
+            )
+    endings = [e for e in endings if e.session_id in ended]
+    if not endings:
+        return 0
+    ids = [e.session_id for e in endings]
     revoked: dict[str, int] = {}
     for (session_id,) in db.session.execute(
         sa.update(TokenFamily)
@@ -562,7 +590,7 @@ _PG_END_SESSIONS = sa.text(
     "updated_at = :now "
     "FROM unnest(string_to_array(:ids, ','), CAST(string_to_array(:ended, ',') AS timestamp[]), "
     "string_to_array(:reasons, ',')) AS v(id, ended_at, reason) "
-    "WHERE s.id = v.id AND s.ended_at IS NULL")
+    "WHERE s.id = v.id AND s.ended_at IS NULL RETURNING s.id")
 _PG_AUDIT = sa.text(
     "INSERT INTO audit_events (at, event, account_id, user_id, session_id, client_id, actor, "
     "ip, detail) "
@@ -706,6 +734,7 @@ REASON_TEXT = {
     EndReason.EVICTED_CONCURRENT: "Ended: session limit reached",
     EndReason.PASSWORD_CHANGED: "Ended: password changed",
     EndReason.DISABLED: "Ended: account disabled",
+    EndReason.POLICY_CHANGED: "Ended: policy changed",
 }
 
 
@@ -754,16 +783,10 @@ class SessionView:
 def describe(session: LoginSession, now: datetime) -> SessionView:
     """Status and deadlines of one session under the account's current policy."""
     policy = policy_of(session)
-    current = status(session, now)
-    reason = None
-    if session.ended_at is not None:
-        reason = EndReason(session.end_reason)
-    elif current is Status.EXPIRED:
-        reason = policy.expiry_reason(session, now)
     return SessionView(
         session=session,
-        status=current,
-        reason=reason,
+        status=status(session, now),
+        reason=end_reason(session, now),
         absolute_deadline=policy.absolute_deadline(session),
         idle_deadline=policy.idle_deadline(session),
     )
@@ -850,14 +873,9 @@ def history(
 ) -> Page:
     """The user's sessions, newest activity first: active, expired and ended within
     the retention period (or active only), one page at a time."""
-    policy = SessionPolicy.of(user.account)
     query = sa.select(LoginSession).where(LoginSession.user_id == user.id)
     if only_active:
-        query = query.where(
-            LoginSession.ended_at.is_(None),
-            LoginSession.created_at > now - policy.max_duration,
-            LoginSession.last_active_at > now - policy.idle_timeout,
-        )
+        query = query.where(active_sql(now))
     else:
         query = query.where(
             sa.or_(LoginSession.ended_at.is_(None), LoginSession.ended_at >= now - retention)

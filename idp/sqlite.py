@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -44,6 +45,19 @@ def _pragmas(connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    connection.create_function("idp_seconds_before", 2, seconds_before, deterministic=True)
+
+
+#: How SQLAlchemy stores a datetime in SQLite: text that sorts as the instant does.
+_STORED = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def seconds_before(instant: str | None, seconds: int | float | None) -> str | None:
+    """SQL ``idp_seconds_before(instant, seconds)`` (``models.seconds_before``): the stored
+    instant minus a number of seconds, stored the same way, to the microsecond."""
+    if instant is None or seconds is None:
+        return None
+    return (datetime.fromisoformat(instant) - timedelta(seconds=seconds)).strftime(_STORED)
 
 
 class Writers:

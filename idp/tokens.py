@@ -3,7 +3,10 @@
 A family is what one authorization of one client produced under one session.
 Every access token (a JWT naming its family) and every refresh token belongs to
 one; revoking the family, or ending its session, makes all of them inactive at
-once. Introspection, refresh and userinfo all ask ``Holder.active`` (invariant 1).
+once. Introspection (both paths), userinfo (both paths), the refresh grant and the
+sessions API all ask ``Holder.active``, which asks the session rule
+(``SessionPolicy.end_reason``); the token adds only its own expiry, revocation or
+rotation (``AccessToken.active``, ``refresh_active``). DESIGN invariants 1 and 10.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from .models import (
     Account,
     AuthorizationCode,
     Client,
+    EndReason,
     HotQuery,
     LoginSession,
     OnLimit,
@@ -47,11 +51,6 @@ def start_family(
     family.session = session  # (not family.client: a detached client must not be cascaded in)
     db.session.add(family)
     return family
-
-
-def is_active(family: TokenFamily | None, now: datetime) -> bool:
-    """The question every path asks: family not revoked and its session still active."""
-    return family is not None and Holder.of(family).active(now)
 
 
 def revoke_family(family_id: str, reason: str, *, now: datetime) -> bool:
@@ -205,7 +204,6 @@ class PresentedRefresh:
     holder: Holder
     account_id: int | None  # the session's account (audit)
     ip_last: str | None  # the session's last IP (activity)
-    user_disabled_at: datetime | None
 
     @property
     def family_id(self) -> str:
@@ -227,9 +225,9 @@ def find_refresh(value: str) -> PresentedRefresh | None:
     row = _PRESENTED.first(db.session.connection(), {"token_id": parts[0]})
     if row is None or not passwords.verify_secret(parts[1], row[1]):
         return None
-    token_id, _hash, issued_at, expires_at, rotated_at, account_id, ip_last, disabled_at = row[:8]
-    return PresentedRefresh(token_id, issued_at, expires_at, rotated_at, holder_from(row[8:]),
-                            account_id, ip_last, disabled_at)
+    token_id, _hash, issued_at, expires_at, rotated_at, account_id, ip_last = row[:7]
+    return PresentedRefresh(token_id, issued_at, expires_at, rotated_at, holder_from(row[7:]),
+                            account_id, ip_last)
 
 
 def present_refresh(value: str, *, now: datetime, ip: str | None = None) -> Claim:
@@ -316,13 +314,15 @@ class Holder:
     session_id: str | None
     revoked_at: datetime | None
     client_disabled_at: datetime | None
-    # The session (None for client-credentials families) and its account's policy.
+    # The session (None for client-credentials families), its account's policy, its user.
     ended_at: datetime | None = None
+    end_reason: str | None = None
     created_at: datetime | None = None
     last_active_at: datetime | None = None
     max_duration: int = 0
     idle_timeout: int = 0
     user: HolderUser | None = None
+    user_disabled_at: datetime | None = None
 
     @classmethod
     def of(cls, family: TokenFamily, *, issuing: bool = False) -> Holder:
@@ -336,23 +336,25 @@ class Holder:
         if session is None:
             return cls(**base)
         user = session.user
-        return cls(**base, ended_at=session.ended_at, created_at=session.created_at,
-                   last_active_at=session.last_active_at,
+        return cls(**base, ended_at=session.ended_at, end_reason=session.end_reason,
+                   created_at=session.created_at, last_active_at=session.last_active_at,
                    max_duration=session.account.max_session_duration,
                    idle_timeout=session.account.idle_timeout,
                    user=HolderUser(user.id, user.sub, user.email, user.name,
-                                   bool(user.email_verified), user.created_at))
+                                   bool(user.email_verified), user.created_at),
+                   user_disabled_at=user.disabled_at)
 
     def active(self, now: datetime) -> bool:
-        """Family not revoked, client not disabled, session not ended nor past a deadline
-        under its account's *current* policy (invariant 1, as ``is_active``)."""
+        """Family not revoked, client not disabled, and (a user's family) its session
+        active under its account's *current* policy with its user enabled: the rule every
+        caller asks (DESIGN invariants 1 and 10)."""
         if self.revoked_at is not None or self.client_disabled_at is not None:
             return False
-        if self.session_id is None:
-            return True
-        if self.ended_at is not None:
-            return False
-        return self.policy().expiry_reason(self, now) is None
+        return self.session_id is None or self.session_end(now) is None
+
+    def session_end(self, now: datetime) -> EndReason | None:
+        """Why the family's session is no longer active (``SessionPolicy.end_reason``)."""
+        return self.policy().end_reason(self, now, user_disabled=self.user_disabled_at is not None)
 
     def policy(self) -> SessionPolicy:
         """The session's deadlines under its account's policy (read with the family)."""
@@ -372,9 +374,9 @@ _A, _U, _R = Account.__table__.c, User.__table__.c, RevokedAccessToken.__table__
 
 #: What ``holder_from`` reads, in order: family, its client, session, account policy, user.
 HOLDER_COLUMNS = (_F.id, _F.client_id, _F.scope, _F.user_id, _F.session_id, _F.revoked_at,
-                  _C.disabled_at, _S.ended_at, _S.created_at, _S.last_active_at,
+                  _C.disabled_at, _S.ended_at, _S.end_reason, _S.created_at, _S.last_active_at,
                   _A.max_session_duration, _A.idle_timeout, _U.id, _U.sub, _U.email, _U.name,
-                  _U.email_verified, _U.created_at)
+                  _U.email_verified, _U.created_at, _U.disabled_at)
 
 
 def holder_join() -> sa.Join:
@@ -389,21 +391,21 @@ def holder_join() -> sa.Join:
 def holder_from(values) -> Holder | None:
     """A ``Holder`` from the ``HOLDER_COLUMNS`` of a row (None when no family matched)."""
     (fid, client_id, scope, user_id, session_id, revoked_at, client_disabled_at, ended_at,
-     created_at, last_active_at, max_duration, idle_timeout, uid, sub, email, name, verified,
-     user_created_at) = values
+     end_reason, created_at, last_active_at, max_duration, idle_timeout, uid, sub, email, name,
+     verified, user_created_at, user_disabled_at) = values
     if fid is None:
         return None
     user = None if uid is None else HolderUser(uid, sub, email, name, bool(verified),
                                                user_created_at)
     return Holder(fid, client_id, scope, user_id, session_id, revoked_at, client_disabled_at,
-                  ended_at, created_at, last_active_at, max_duration or 0, idle_timeout or 0,
-                  user)
+                  ended_at, end_reason, created_at, last_active_at, max_duration or 0,
+                  idle_timeout or 0, user, user_disabled_at)
 
 
-#: A refresh token with its family's standing, the session's account and last IP, and
-#: whether its user is disabled: all the refresh grant reads.
+#: A refresh token with its family's standing and the session's account and last IP: all
+#: the refresh grant reads.
 _PRESENTED = HotQuery(sa.select(_T.id, _T.secret_hash, _T.issued_at, _T.expires_at, _T.rotated_at,
-                                _S.account_id, _S.ip_last, _U.disabled_at, *HOLDER_COLUMNS)
+                                _S.account_id, _S.ip_last, *HOLDER_COLUMNS)
                       .select_from(RefreshToken.__table__.join(holder_join(),
                                                                _F.id == _T.family_id))
                       .where(_T.id == sa.bindparam("token_id")))

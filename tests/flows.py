@@ -17,3 +17,11 @@ def obtain_tokens(rp: RelyingParty, browser: Browser, email: str = "ada@example.
                               data={"csrf_token": csrf_token(response.text), "allow": "Allow"})
     params = rp.callback_params(response)
     return rp.exchange(params["code"], secrets_["code_verifier"])
+
+
+def start_session(user, origin, **kwargs):
+    """``sessions.start`` as a sign-in with the user's password does it (in a test's own
+    transaction: the password is taken as verified under the user's current credentials)."""
+    from idp import sessions
+
+    return sessions.start(user, origin, verified_version=user.credentials_version, **kwargs)

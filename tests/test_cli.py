@@ -30,6 +30,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.flows import start_session
+
 _VENV_IDP = Path(sys.executable).parent / "idp"
 IDP = str(_VENV_IDP) if _VENV_IDP.exists() else shutil.which("idp")
 TIMEOUT = 60
@@ -310,10 +312,10 @@ def test_sweep_expires_stale_sessions_and_purges_old_history(home):
                                     role="member", name=None,
                                     hasher=app.extensions["idp"].passwords,
                                     now=now - timedelta(days=41))
-        ancient = sessions.start(user, origin, now=now - timedelta(days=40)).session
+        ancient = start_session(user, origin, now=now - timedelta(days=40)).session
         sessions.end(ancient, EndReason.LOGOUT, now=now - timedelta(days=40), actor="test")
-        stale = sessions.start(user, origin, now=now - timedelta(days=3)).session
-        live = sessions.start(user, origin, now=now - timedelta(minutes=1)).session
+        stale = start_session(user, origin, now=now - timedelta(days=3)).session
+        live = start_session(user, origin, now=now - timedelta(minutes=1)).session
         ids = ancient.id, stale.id, live.id
         db.session.commit()
     dispose(app)

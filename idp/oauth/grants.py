@@ -75,8 +75,9 @@ def user_info(user: User, scope: str) -> UserInfo:
 
 
 def _session_or_error(session: LoginSession | None) -> LoginSession:
-    """The live session behind a code or refresh token, or invalid_grant.
-    A session that just crossed a deadline is marked expired and committed first."""
+    """The live session behind a code, device code or refresh token, or invalid_grant.
+    A session found past a deadline (or whose user was disabled) is ended and committed
+    first (``sessions.check``, the rule every caller asks)."""
     if session is None:
         raise InvalidGrantError("The session behind this grant no longer exists.")
     if sessions.check(session, now()) is not None:
@@ -87,8 +88,6 @@ def _session_or_error(session: LoginSession | None) -> LoginSession:
         sessions.check(db.session.get(LoginSession, session_id), now())
         db.session.commit()
         raise InvalidGrantError("The login session behind this grant has ended.")
-    if session.user.disabled_at is not None:
-        raise InvalidGrantError("The user is disabled.")
     return session
 
 
@@ -176,13 +175,11 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
     def authenticate_user(self, refresh_token: tokens.PresentedRefresh) -> Principal:
         holder, current = refresh_token.holder, now()
-        if holder.revoked_at is not None:
+        if not holder.active(current):
+            if holder.revoked_at is None and holder.client_disabled_at is None:
+                # The session is over: record its end if nothing has yet (raises).
+                _session_or_error(db.session.get(LoginSession, holder.session_id))
             raise InvalidGrantError("The grant has been revoked.")
-        if not holder.active(current):  # the session ended or is past a deadline
-            _session_or_error(db.session.get(LoginSession, holder.session_id)
-                              if holder.session_id else None)  # raises, recording the end
-        if refresh_token.user_disabled_at is not None:
-            raise InvalidGrantError("The user is disabled.")
         # Seen now (so the new tokens' deadlines count from now), written at the end.
         self.activity = sessions.activity(holder.last_active_at, refresh_token.ip_last, current,
                                           client_ip(), config()["ACTIVITY_WRITE_INTERVAL"]) or {}

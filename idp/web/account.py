@@ -6,7 +6,7 @@ from functools import wraps
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 
-from .. import accounts, audit, sessions
+from .. import credentials, sessions
 from ..models import EndReason, db
 from ..runtime import client_ip, config, now, services
 from . import current
@@ -198,27 +198,17 @@ def change_password():
     form = PasswordForm()
     error = None
     if form.validate_on_submit():
-        user = g.user
-        ok, _ = services().passwords.verify(user.password_hash, form.current.data)
-        if not ok:
-            error = "The current password is not right."
-            audit.record("password.change_failed", now=now(), account_id=user.account_id,
-                         user_id=user.id, ip=client_ip(), actor=f"user:{user.sub}")
-        elif form.new.data != form.confirm.data:
-            error = "The new passwords do not match."
-        elif len(form.new.data) < accounts.MIN_PASSWORD:
-            error = f"Use at least {accounts.MIN_PASSWORD} characters."
+        try:
+            ended = credentials.change_password(
+                g.user, current=form.current.data, new=form.new.data, confirm=form.confirm.data,
+                hasher=services().passwords, keep=current.login_session(), now=now(),
+                ip=client_ip())
+        except credentials.PasswordChangeRefused as refused:
+            error = str(refused)
         else:
-            user.password_hash = services().passwords.hash(form.new.data)
-            live = current.login_session()
-            ended = sessions.end_all(user, EndReason.PASSWORD_CHANGED, now=now(),
-                                     actor=f"user:{user.sub}", ip=client_ip(), keep=live.id)
-            audit.record("password.changed", now=now(), account_id=user.account_id,
-                         user_id=user.id, session_id=live.id, ip=client_ip(),
-                         actor=f"user:{user.sub}", sessions_ended=len(ended))
             db.session.commit()
-            flash(f"Password changed. Signed out {len(ended)} other session"
-                  f"{'s' if len(ended) != 1 else ''}; this one stays.", "success")
+            flash(f"Password changed. Signed out {_plural(len(ended), 'other session')}; "
+                  "this one stays.", "success")
             return redirect(url_for("account.sessions_page"), 303)
     elif form.is_submitted():
         error = "Fill in all three fields."

@@ -11,7 +11,7 @@ from functools import wraps
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
-from .. import audit, policy, sessions
+from .. import audit, credentials, policy, policy_changes, sessions
 from ..models import EndReason, LoginSession, LogoutAttempt, LogoutDelivery, Role, User, db
 from ..policy import PolicyBounds, PolicyError, SessionPolicy
 from ..runtime import client_ip, config, now
@@ -45,6 +45,18 @@ def words(seconds: int | None) -> str:
     if seconds % 60 == 0:
         return f"{seconds // 60} min"
     return f"{seconds} s"
+
+
+def saved_message(applied: policy_changes.Applied) -> str:
+    """What saving did, in the preview's words."""
+    if not applied.changes:
+        return "Nothing changed."
+    impact = applied.impact
+    message = "Session policy saved."
+    if impact.sessions_ended:
+        message += (f" Ended {impact.sessions_ended} active session"
+                    f"{'s' if impact.sessions_ended != 1 else ''} past the new limits.")
+    return message
 
 
 def short(seconds: int) -> str:
@@ -87,12 +99,12 @@ def settings():
             errors = exc.errors
         else:
             if request.form.get("confirm") == "save":
-                changes = policy.change(account, new, now=now(), actor=f"admin:{g.user.sub}",
-                                        ip=client_ip())
+                applied = policy_changes.apply(account, new, now=now(),
+                                               actor=f"admin:{g.user.sub}", ip=client_ip())
                 db.session.commit()
-                flash("Session policy saved." if changes else "Nothing changed.", "success")
+                flash(saved_message(applied), "success")
                 return redirect(url_for("admin.settings"), 303)
-            preview = policy.impact(account, new, now())
+            preview = policy_changes.preview(account, new, now())
     elif request.method == "POST":
         abort(400)
     db.session.commit()
@@ -157,11 +169,7 @@ def disable(sub: str):
             summary=f"{user.email} can no longer sign in, and all their sessions end now.",
             back=url_for("admin.users"),
         )
-    user.disabled_at = now()
-    ended = sessions.end_all(user, EndReason.DISABLED, now=now(), actor=f"admin:{g.user.sub}",
-                             ip=client_ip())
-    audit.record("user.disabled", now=now(), account_id=user.account_id, user_id=user.id,
-                 actor=f"admin:{g.user.sub}", ip=client_ip(), sessions_ended=len(ended))
+    ended = credentials.disable(user, now=now(), actor=f"admin:{g.user.sub}", ip=client_ip())
     db.session.commit()
     flash(f"Disabled {user.email}; ended {len(ended)} session(s).", "success")
     return redirect(url_for("admin.users"), 303)
@@ -173,9 +181,7 @@ def enable(sub: str):
     user = _own_user(sub)
     if not ActionForm().validate_on_submit():
         abort(400)
-    user.disabled_at = None
-    audit.record("user.enabled", now=now(), account_id=user.account_id, user_id=user.id,
-                 actor=f"admin:{g.user.sub}", ip=client_ip())
+    credentials.enable(user, now=now(), actor=f"admin:{g.user.sub}", ip=client_ip())
     db.session.commit()
     flash(f"{user.email} can sign in again.", "success")
     return redirect(url_for("admin.users"), 303)

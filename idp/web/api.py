@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Response, g, jsonify, request
 
-from .. import policy, sessions
+from .. import policy, policy_changes, sessions
 from ..models import EndReason, Role, User, db
 from ..oauth.endpoints import resource_protector
 from ..policy import PolicyBounds, PolicyError, SessionPolicy
@@ -258,16 +258,16 @@ def put_policy():
                                       "error_description": "Some values are out of bounds.",
                                       "fields": exc.errors}))
         return response
-    impact = policy.impact(account, new, now()).as_dict()
     if request.args.get("dry_run") in ("1", "true", "yes"):
+        impact = policy_changes.preview(account, new, now()).as_dict()
         db.session.rollback()
         return jsonify({"dry_run": True, "impact": impact, "changes": {},
                         "policy": policy_json(account)})
-    changes = policy.change(account, new, now=now(), actor=f"admin:{g.user.sub}",
-                            ip=client_ip())
+    applied = policy_changes.apply(account, new, now=now(), actor=f"admin:{g.user.sub}",
+                                   ip=client_ip())
     db.session.commit()
-    return jsonify({"dry_run": False, "impact": impact, "changes": changes,
-                    "policy": policy_json(account)})
+    return jsonify({"dry_run": False, "impact": applied.impact.as_dict(),
+                    "changes": applied.changes, "policy": policy_json(account)})
 
 
 def _member(sub: str) -> User | None:

@@ -17,7 +17,7 @@ from flask import (
     url_for,
 )
 
-from .. import audit, sessions
+from .. import audit, credentials, sessions
 from ..models import EndReason, LoginSession, User, db
 from ..runtime import client_ip, now, origin, services
 from . import current, throttle
@@ -106,12 +106,24 @@ def login():
             (render_template("login.html", form=form, error=message), 429))
         response.headers["Retry-After"] = str(state.retry_after)
         return response
-    user = db.session.scalar(sa.select(User).where(User.email == email))
-    ok, new_hash = services().passwords.verify(
-        user.password_hash if user else None, form.password.data
-    )
-    if not ok or user is None or user.disabled_at is not None:
+    verified = credentials.verify(email, form.password.data, services().passwords)
+    started = None
+    if verified is not None:
+        try:
+            started = credentials.sign_in(verified, origin(), now=now(), replacing=live)
+        except sessions.CredentialsChanged:
+            db.session.rollback()  # verified under credentials changed since: wrong now
+        except sessions.SessionLimitReached as limit:
+            db.session.commit()
+            # The password was right: for a few minutes this browser may end one of the
+            # sessions listed, then sign in again.
+            user = verified.user
+            session[LIMIT] = {"user": user.id, "until": int(now().timestamp()) + LIMIT_WINDOW}
+            return render_template("limit.html", sessions=limit.active, user=user,
+                                   form=ActionForm(), now=now()), 409
+    if started is None:
         guard.failed(email)
+        user = db.session.scalar(sa.select(User).where(User.email == email))
         audit.record(
             "login.failed",
             now=now(),
@@ -125,21 +137,6 @@ def login():
             "login.html", form=form, error="Incorrect email or password."
         ), 401
     guard.reset(email)
-    if new_hash:
-        user.password_hash = new_hash
-    if live is not None:
-        # A new sign-in on this browser replaces the session it had.
-        sessions.end(live, EndReason.LOGOUT, now=now(), actor=f"user:{live.user.sub}",
-                     ip=client_ip())
-    try:
-        started = sessions.start(user, origin(), now=now())
-    except sessions.SessionLimitReached as limit:
-        db.session.commit()
-        # The password was right: for a few minutes this browser may end one of the
-        # sessions listed, then sign in again.
-        session[LIMIT] = {"user": user.id, "until": int(now().timestamp()) + LIMIT_WINDOW}
-        return render_template("limit.html", sessions=limit.active, user=user,
-                               form=ActionForm(), now=now()), 409
     db.session.commit()
     session.clear()  # no session fixation: every pre-login browser value goes
     response = redirect(_resume_target(pending, after), 303)

@@ -5,13 +5,15 @@ from __future__ import annotations
 from flask import g, request
 
 from .. import sessions
-from ..models import EndReason, LoginSession
+from ..models import EndReason, LoginSession, db
 from ..runtime import client_ip, config, now
 from ..sessions import policy_of
 
 EXPIRY_MESSAGES = {
     EndReason.EXPIRED_IDLE: "You were signed out after a period of inactivity. Sign in again.",
     EndReason.EXPIRED_DURATION: "Your session reached its maximum duration. Sign in again.",
+    EndReason.POLICY_CHANGED: "Your organisation changed its session policy, which ended this "
+                              "session. Sign in again.",
 }
 
 
@@ -39,22 +41,26 @@ def clear_cookie(response) -> None:
 
 
 def login_session() -> LoginSession | None:
-    """The active session this browser's cookie names, checked against the current
-    policy and touched (throttled). An expired one is marked so (the view commits)
-    and ``g.expired_reason`` says why, for the message on the login page."""
+    """The active session this browser's cookie names, checked with the session rule
+    (``sessions.check``) and touched (throttled). One found over is ended, and
+    ``g.expired_reason`` says why, for the message on the login page. What this writes is
+    committed at once: the view's own work (a sign-in's argon2, a lock on the user's row)
+    then never runs while this session's row is held."""
     if "idp_session" in g:
         return g.idp_session
     session = sessions.find(request.cookies.get(cookie_name()))
     g.expired_reason = None
     if session is not None:
+        ended = session.ended_at is not None
         reason = sessions.check(session, now())
         if reason is not None:
             g.expired_reason = reason
-            session = None
-        elif session.user.disabled_at is not None:
-            session = None
+            wrote, session = not ended, None
         else:
-            sessions.touch(session, now(), client_ip(), config()["ACTIVITY_WRITE_INTERVAL"])
+            wrote = sessions.touch(session, now(), client_ip(),
+                                   config()["ACTIVITY_WRITE_INTERVAL"])
+        if wrote:
+            db.session.commit()
     g.idp_session = session
     return session
 

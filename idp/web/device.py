@@ -12,6 +12,7 @@ from flask import Blueprint, flash, g, redirect, render_template, request, url_f
 from .. import sessions
 from ..models import DeviceCode, db
 from ..runtime import now, services
+from . import current
 from .account import login_required
 from .forms import ActionForm
 
@@ -80,7 +81,13 @@ def decide():
         device_type="other", location=services().locator.locate(row.ip),
     )
     try:
-        started = sessions.start(g.user, origin, now=now(), kind="device", amr=("pwd",))
+        started = sessions.start(g.user, origin, now=now(), approved_by=current.login_session(),
+                                 kind="device", amr=("pwd",))
+    except sessions.CredentialsChanged:
+        db.session.rollback()
+        flash("This session ended while you were approving: sign in again, then approve the "
+              "device.", "info")
+        return redirect(url_for("auth.login"), 303)
     except sessions.SessionLimitReached:
         db.session.rollback()
         flash("You already have as many active sessions as your organisation allows. "

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from idp import cli, sessions, tokens
 from idp.models import AuditEvent, Client, LoginSession, RefreshToken, TokenFamily, User, db
 from tests.conftest import PASSWORD
-from tests.flows import obtain_tokens
+from tests.flows import obtain_tokens, start_session
 from tests.relying_party import Browser, RelyingParty, csrf_token
 
 pytestmark = pytest.mark.e2e
@@ -534,7 +534,7 @@ def test_sweep_expires_revokes_and_purges(make_env, clock, monkeypatch, capsys):
         client = db.session.scalar(sa.select(Client))
 
         def opened(at, last=None):
-            s = sessions.start(ada, origin, now=at).session
+            s = start_session(ada, origin, now=at).session
             if last:
                 s.last_active_at = s.updated_at = last
             family = tokens.start_family(session=s, client=client, scope="openid", now=at)

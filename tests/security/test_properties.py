@@ -37,6 +37,7 @@ from idp.keys import KeyStore
 from idp.models import Account, Client, EndReason, LoginSession, RefreshToken, TokenFamily, User, db
 from idp.sessions import _decode_cursor
 from idp.web.device import normalise
+from tests.flows import start_session
 
 # database=None: nothing is written to .hypothesis/ in the work tree.
 PROPERTY = settings(max_examples=150, deadline=None, database=None,
@@ -302,7 +303,7 @@ class SessionLifecycle(RuleBasedStateMachine):
         # row order would break differently when Hypothesis replays the example.
         self.now += timedelta(seconds=1)
         try:
-            started = sessions.start(self.user(), sessions.Origin(ip="127.0.0.1"), now=self.now)
+            started = start_session(self.user(), sessions.Origin(ip="127.0.0.1"), now=self.now)
         except sessions.SessionLimitReached:
             db.session.commit()
             return multiple()

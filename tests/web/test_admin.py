@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from idp import sessions
 from idp.models import Account, AuditEvent, LoginSession, User, db
 from tests.conftest import PASSWORD
+from tests.flows import start_session
 
 CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 CHROME = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
@@ -403,15 +404,15 @@ def _seed(app, clock, world) -> dict[str, list[str]]:
     with app.app_context():
         users = {u.email: u for u in db.session.scalars(sa.select(User))}
         ada, mia, adam = users["ada@acme.test"], users["mia@acme.test"], users["adam@acme.test"]
-        old = sessions.start(ada, origin, now=now - timedelta(hours=5)).session
+        old = start_session(ada, origin, now=now - timedelta(hours=5)).session
         old.last_active_at = old.updated_at = now - timedelta(minutes=10)
-        recent = sessions.start(ada, origin, now=now - timedelta(hours=1)).session
-        gone = sessions.start(ada, origin, now=now - timedelta(hours=2)).session
+        recent = start_session(ada, origin, now=now - timedelta(hours=1)).session
+        gone = start_session(ada, origin, now=now - timedelta(hours=2)).session
         sessions.end(gone, sessions.EndReason.LOGOUT, now=now - timedelta(hours=1), actor="test")
         ids["ada"] = [old.id, recent.id, gone.id]
-        ids["mia"] = [sessions.start(mia, origin, now=now - timedelta(minutes=m)).session.id
+        ids["mia"] = [start_session(mia, origin, now=now - timedelta(minutes=m)).session.id
                       for m in (30, 20, 10)]
-        ids["adam"] = [sessions.start(adam, origin, now=now - timedelta(minutes=5)).session.id]
+        ids["adam"] = [start_session(adam, origin, now=now - timedelta(minutes=5)).session.id]
         db.session.commit()
     return ids
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from idp import cli, sessions
 from idp.models import Account, AuditEvent, LoginSession, User, db
-from tests.flows import obtain_tokens
+from tests.flows import obtain_tokens, start_session
 from tests.relying_party import Browser, RelyingParty
 
 OPENAPI = json.loads((Path(__file__).resolve().parents[2] / "idp" / "openapi.json").read_text())
@@ -268,10 +268,10 @@ def seed(app, clock) -> dict[str, list[str]]:
     now = clock.now()
     with app.app_context():
         users = {u.email: u for u in db.session.scalars(sa.select(User))}
-        old = sessions.start(users["ada@acme.test"], origin, now=now - timedelta(hours=5)).session
+        old = start_session(users["ada@acme.test"], origin, now=now - timedelta(hours=5)).session
         old.last_active_at = old.updated_at = now - timedelta(minutes=10)
-        recent = sessions.start(users["ada@acme.test"], origin, now=now - timedelta(hours=1)).session
-        mia = [sessions.start(users["mia@acme.test"], origin, now=now - timedelta(minutes=m)).session
+        recent = start_session(users["ada@acme.test"], origin, now=now - timedelta(hours=1)).session
+        mia = [start_session(users["mia@acme.test"], origin, now=now - timedelta(minutes=m)).session
                for m in (30, 20, 10)]
         db.session.commit()
         return {"ada": [old.id, recent.id], "mia": [s.id for s in mia]}
