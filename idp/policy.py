@@ -70,7 +70,7 @@ class SessionPolicy:
         return self.expiry_reason(session, now)
 
 
-def _of_account(column) -> sa.ScalarSelect:
+def account_value(column) -> sa.ScalarSelect:
     """The session's account's current value of ``column``, per session row."""
     return sa.select(column).where(Account.id == LoginSession.account_id).scalar_subquery()
 
@@ -85,9 +85,9 @@ def end_reason_sql(now: datetime) -> sa.Case:
     return sa.case(
         (LoginSession.ended_at.is_not(None), LoginSession.end_reason),
         (disabled.is_not(None), sa.literal(str(EndReason.DISABLED))),
-        (LoginSession.created_at <= seconds_before(at, _of_account(Account.max_session_duration)),
+        (LoginSession.created_at <= seconds_before(at, account_value(Account.max_session_duration)),
          sa.literal(str(EndReason.EXPIRED_DURATION))),
-        (LoginSession.last_active_at <= seconds_before(at, _of_account(Account.idle_timeout)),
+        (LoginSession.last_active_at <= seconds_before(at, account_value(Account.idle_timeout)),
          sa.literal(str(EndReason.EXPIRED_IDLE))),
         else_=sa.null(),
     )

@@ -42,7 +42,14 @@ from .models import (
     User,
     db,
 )
-from .policy import LoginDecision, SessionPolicy, active_sql, decide_login, end_reason_sql
+from .policy import (
+    LoginDecision,
+    SessionPolicy,
+    account_value,
+    active_sql,
+    decide_login,
+    end_reason_sql,
+)
 
 
 class Status(enum.StrEnum):
@@ -245,6 +252,18 @@ def check(session: LoginSession, now: datetime) -> EndReason | None:
     return reason
 
 
+def settle(session_id: str, reason: EndReason, ended_at: datetime, *, now: datetime) -> None:
+    """Record the end that a read-only check (introspection, userinfo, the refresh grant's
+    read) found — as it found it, whatever policy change committed since — in a
+    transaction of its own: once any path has said "inactive", the session is ended, and
+    no later policy change can revive it (DESIGN invariant 3). Nothing if already ended."""
+    session = db.session.get(LoginSession, session_id)
+    if session is not None and end_many(
+            [Ending(session.id, session.account_id, session.user_id, reason, ended_at)],
+            now=now, actor="policy"):
+        db.session.commit()
+
+
 def touch(session: LoginSession, now: datetime, ip: str, interval: timedelta) -> bool:
     """Record activity, at most one write per ``interval`` unless the IP changed.
     Time never moves backwards here: a clock set back cannot extend a session."""
@@ -425,13 +444,10 @@ def _with_retries(work):
     return None  # pragma: no cover - the loop returns or raises
 
 
-def _account_value(column) -> sa.ScalarSelect:
-    return sa.select(column).where(Account.id == LoginSession.account_id).scalar_subquery()
-
-
 def expire_due(now: datetime, *, batch: int = 500, progress=None, actor: str = "sweep") -> int:
-    """End every open session past a deadline (or of a disabled user), ``batch`` at a
-    time; returns how many.
+    """End every open session past a deadline, ``batch`` at a time; returns how many.
+    (The rule decides each; a disabled user's session found there ends as "disabled".
+    Disabling a user ends their sessions itself.)
 
     Two passes: sessions past the loosest maximum duration, then those idle past the
     loosest timeout. Each walks one partial index (open sessions by created_at, by
@@ -448,8 +464,8 @@ def expire_due(now: datetime, *, batch: int = 500, progress=None, actor: str = "
         query = (
             sa.select(LoginSession.id, LoginSession.account_id, LoginSession.user_id,
                       LoginSession.created_at, LoginSession.last_active_at,
-                      _account_value(Account.max_session_duration).label("max_duration"),
-                      _account_value(Account.idle_timeout).label("idle_timeout"),
+                      account_value(Account.max_session_duration).label("max_duration"),
+                      account_value(Account.idle_timeout).label("idle_timeout"),
                       end_reason_sql(now).label("reason"))
             .where(_due(now, column, cutoff))
             .order_by(column, LoginSession.id)

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import jwt as pyjwt
 import sqlalchemy as sa
 
-from . import audit, passwords
+from . import audit, passwords, sessions
 from .keys import KeyStore
 from .models import (
     Account,
@@ -355,6 +355,17 @@ class Holder:
     def session_end(self, now: datetime) -> EndReason | None:
         """Why the family's session is no longer active (``SessionPolicy.end_reason``)."""
         return self.policy().end_reason(self, now, user_disabled=self.user_disabled_at is not None)
+
+    def settle(self, now: datetime) -> None:
+        """After a check answered "inactive": if that is because the session is over and
+        nothing has recorded it yet, end it now, with this reading's reason and deadline
+        (``sessions.settle``). Once per session."""
+        if self.session_id is None or self.ended_at is not None:
+            return
+        reason = self.session_end(now)
+        if reason is not None:
+            sessions.settle(self.session_id, reason,
+                            sessions.ended_at_for(reason, self.policy(), self, now), now=now)
 
     def policy(self) -> SessionPolicy:
         """The session's deadlines under its account's policy (read with the family)."""

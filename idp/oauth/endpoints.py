@@ -116,7 +116,10 @@ class IntrospectionEndpoint(_IntrospectionEndpoint):
     CLIENT_AUTH_METHODS = INTROSPECTION_AUTH_METHODS
 
     def query_token(self, token_string: str, token_type_hint: str | None):
-        return find_token(token_string, token_type_hint)
+        found = find_token(token_string, token_type_hint)
+        if found is not None and found.holder is not None:
+            found.holder.settle(now())
+        return found
 
     def check_permission(self, token: FoundToken, client: Client, request) -> bool:
         """The client the token was issued to, or a resource server in its audience."""
@@ -169,6 +172,7 @@ class BearerTokenValidator(_BearerTokenValidator):
         )
         if access is None or access.holder is None or access.holder.user is None:
             return None
+        access.holder.settle(now())
         return FoundToken("access_token", access.holder, access=access)
 
 

@@ -32,7 +32,16 @@ from authlib.oidc.core.grants import OpenIDCode as _OpenIDCode
 from authlib.oidc.core.grants.util import create_half_hash
 
 from .. import passwords, sessions, tokens
-from ..models import AuthorizationCode, DeviceCode, HotQuery, LoginSession, TokenFamily, User, db
+from ..models import (
+    AuthorizationCode,
+    DeviceCode,
+    EndReason,
+    HotQuery,
+    LoginSession,
+    TokenFamily,
+    User,
+    db,
+)
 from ..runtime import client_ip, config, now, services
 
 CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
@@ -167,18 +176,18 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         elif claim.row is None:
             # Expired with its session's deadline: say so on the session too.
             stale = tokens.find_refresh(refresh_token)
-            if stale is not None and stale.holder.session_id is not None and sessions.check(
-                db.session.get(LoginSession, stale.holder.session_id), now()
-            ) is not None:
-                db.session.commit()
+            if stale is not None:
+                stale.holder.settle(now())
         return claim.row
 
     def authenticate_user(self, refresh_token: tokens.PresentedRefresh) -> Principal:
         holder, current = refresh_token.holder, now()
         if not holder.active(current):
             if holder.revoked_at is None and holder.client_disabled_at is None:
-                # The session is over: record its end if nothing has yet (raises).
-                _session_or_error(db.session.get(LoginSession, holder.session_id))
+                holder.settle(current)  # the session is over: recorded as this read found it
+                if holder.session_end(current) is EndReason.DISABLED:
+                    raise InvalidGrantError("The user is disabled.")
+                raise InvalidGrantError("The login session behind this grant has ended.")
             raise InvalidGrantError("The grant has been revoked.")
         # Seen now (so the new tokens' deadlines count from now), written at the end.
         self.activity = sessions.activity(holder.last_active_at, refresh_token.ip_last, current,

@@ -85,39 +85,45 @@ def answer(form, authorization: str | None, *, keys: KeyStore, issuer: str,
     if credentials is None or value is None or (hint and hint not in TOKEN_TYPE_HINTS):
         return None
     with read_only() as connection:
-        return _answer(connection, value, *credentials, keys=keys, issuer=issuer, now=now)
+        answered, holder = _answer(connection, value, *credentials, keys=keys, issuer=issuer,
+                                   now=now)
+    if answered is INACTIVE and holder is not None:
+        holder.settle(now)
+    return answered
 
 
 def _answer(connection: sa.Connection, value: str, client_id: str, secret: str, *,
-            keys: KeyStore, issuer: str, now: datetime) -> dict | None:
+            keys: KeyStore, issuer: str, now: datetime) -> tuple[dict | None, tokens.Holder | None]:
+    """The answer (None: take the full path) and the standing it judged."""
     claims = tokens.access_claims(value, keys=keys, issuer=issuer, now=now) \
         if len(value) <= 16384 else None
     if claims is not None:
         row = _WITH_ACCESS_TOKEN.first(connection, {
             "client_id": client_id, "family_id": claims["fam"], "jti": claims["jti"]})
         if not _authenticated(row, secret):
-            return None
+            return None, None
         access = tokens.AccessToken(claims, tokens.holder_from(row[3:-1]), row[-1] is not None)
         audience = claims.get("aud", [])
         audience = [audience] if isinstance(audience, str) else list(audience)
         if not access.active(now) or not _permitted(client_id, row[2], access.holder, audience):
-            return INACTIVE
-        return body(access.holder, issuer=issuer, scope=access.scope, claims=claims)
+            return INACTIVE, access.holder
+        return body(access.holder, issuer=issuer, scope=access.scope, claims=claims), None
     parts = passwords.split_token(value)
     if parts is None:
         row = _CALLER_ONLY.first(connection, {"client_id": client_id})
-        return INACTIVE if _authenticated(row, secret) else None
+        return (INACTIVE if _authenticated(row, secret) else None), None
     row = _WITH_REFRESH_TOKEN.first(connection, {"client_id": client_id, "token_id": parts[0]})
     if not _authenticated(row, secret):
-        return None
+        return None, None
     holder = tokens.holder_from(row[3:-4])
     token_hash, issued_at, expires_at, rotated_at = row[-4:]
-    if (holder is None or not passwords.verify_secret(parts[1], token_hash)
-            or not tokens.refresh_active(holder, expires_at, rotated_at, now)
+    if holder is None or not passwords.verify_secret(parts[1], token_hash):
+        return INACTIVE, None
+    if (not tokens.refresh_active(holder, expires_at, rotated_at, now)
             or not _permitted(client_id, row[2], holder, [holder.client_id])):
-        return INACTIVE
+        return INACTIVE, holder
     return body(holder, issuer=issuer, scope=holder.scope, issued_at=issued_at,
-                expires_at=expires_at)
+                expires_at=expires_at), None
 
 
 def _authenticated(row, secret: str) -> bool:

@@ -11,7 +11,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from idp.models import TokenFamily, User, db
+from idp.models import LoginSession, RefreshToken, TokenFamily, User, db
 from tests.security.conftest import ADA, Browser, Grant, audit_events, pkce_pair, query_of, read
 
 
@@ -119,7 +119,9 @@ def test_racing_refreshes_with_one_token_let_exactly_one_through(app, world):
 
 def test_a_disabled_user_cannot_refresh_even_if_a_session_were_left_open(app, world, clock):
     """Disabling ends every session; the grant also refuses a disabled user on its own, so
-    a session left open by any other path issues nothing, and nothing is used up."""
+    a session left open by any other path (here a direct database write) issues nothing,
+    and nothing is used up. The refusal ends the session ("disabled"): what was once
+    inactive stays so, even after the user is enabled again."""
     photos, _, browser = world
     tokens = photos.tokens(browser)
     with app.app_context():
@@ -132,7 +134,14 @@ def test_a_disabled_user_cannot_refresh_even_if_a_session_were_left_open(app, wo
     with app.app_context():
         db.session.execute(sa.update(User).where(User.email == ADA).values(disabled_at=None))
         db.session.commit()
-    assert photos.refresh(tokens["refresh_token"]).status_code == 200  # not rotated by the refusal
+    again = photos.refresh(tokens["refresh_token"])
+    assert again.status_code == 400 and error_of(again) == "invalid_grant"
+    assert again.get_json()["error_description"] == "The grant has been revoked."
+    with app.app_context():
+        session = db.session.scalar(sa.select(LoginSession).join(User).where(User.email == ADA))
+        assert session.end_reason == "disabled"
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(RefreshToken).where(
+            RefreshToken.rotated_at.is_not(None))) == 0  # nothing was used up
 
 
 def test_refresh_cannot_widen_the_scope(world):
