@@ -459,27 +459,28 @@ def test_preview_reports_the_impact_and_changes_nothing(app, world, clock):
     assert all(s.ended_at is None for s in session_rows(app, world.member))
 
 
-def test_saving_a_shorter_duration_expires_old_sessions_at_their_next_check(app, world, clock):
+def test_saving_a_shorter_duration_ends_the_sessions_past_it_at_once(app, world, clock):
     ids = _seed(app, clock, world)
     ada_old, ada_recent, ada_gone = ids["ada"]
     stamps = updated_at(app, [ada_gone])
     olive = signed_in(app, "olive@acme.test")
     clock.advance(minutes=1)
-    assert post_tile(olive, tile="duration", max_duration="4h").status_code == 303
+    saved = post_tile(olive, tile="duration", max_duration="4h")
+    assert saved.status_code == 303
     changed_at = clock.now()
     with app.app_context():
         rows = {s.id: s for s in db.session.scalars(sa.select(LoginSession))}
-        # Nothing is ended by the save itself...
-        assert rows[ada_old].ended_at is None
-        # ...but every session whose deadlines moved shows the change time.
+        # The save ends the session past the new maximum, now...
+        assert (rows[ada_old].ended_at, rows[ada_old].end_reason) == (changed_at, "policy_changed")
+        # ...and every session whose deadlines moved shows the change time.
         for sid in (ada_old, ada_recent, *ids["mia"], *ids["adam"]):
             assert rows[sid].updated_at == changed_at, sid
         assert rows[ada_gone].updated_at == stamps[ada_gone]
-    # The admin sees it as expired right away, and ada's newer session as active.
+    assert "Ended 1 active session past the new limits." in text(olive.get("/admin/settings/sessions"))
+    # The admin sees it ended, with the reason, and ada's newer session as active.
     page = text(olive.get(f"/admin/users/{world.ada}/sessions"))
-    assert page.count('class="session status-expired"') == 1
     assert page.count('class="session status-active"') == 1
-    assert "Expired: maximum duration" in page
+    assert "Ended: policy changed" in page
 
 
 def test_changing_only_the_concurrent_limit_moves_no_deadline(app, world, clock):

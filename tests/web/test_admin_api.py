@@ -289,7 +289,8 @@ def test_dry_run_reports_the_impact_and_changes_nothing(org, clock):
     clock.advance(seconds=30)
     proposal = {"max_duration": "4h", "max_concurrent": 2}
     expected = {"sessions_ended_now": 1, "users_with_sessions_ended_now": 1,
-                "users_over_concurrent_limit": 1, "sessions_whose_deadlines_move": 6}
+                "users_over_concurrent_limit": 1, "sessions_whose_deadlines_move": 6,
+                "expired_sessions_closed": 0}
     with org.api(adam) as http:
         for flag in ("true", "1", "yes"):
             response = http.put(POLICY, params={"dry_run": flag}, json=proposal)
@@ -307,10 +308,12 @@ def test_dry_run_reports_the_impact_and_changes_nothing(org, clock):
         assert response.json()["dry_run"] is False
         assert response.json()["impact"] == expected
     changed = stamps(org.app)
-    for session_id in ids["ada"] + ids["mia"]:
+    # The save ended the one session past the new maximum (ada's 5 h old one), at once...
+    assert changed[ids["ada"][0]] == (clock.now(), clock.now())
+    # ...moved the deadlines of the others, and lowering the limit ended nothing.
+    for session_id in ids["ada"][1:] + ids["mia"]:
         assert changed[session_id] == (clock.now(), None), session_id
-    # Nothing ended by the save itself; lowering the limit ended nothing either.
-    assert all(ended is None for _, ended in changed.values())
+    assert [ended for _, ended in changed.values()].count(None) == len(changed) - 1
 
 
 # -- users and their sessions ----------------------------------------------------------------
@@ -458,7 +461,8 @@ def test_cli_dry_run_reports_and_changes_nothing(app, acme, clock, monkeypatch, 
     assert body == {
         "account": "acme", "dry_run": True, "changes": {},
         "impact": {"sessions_ended_now": 1, "users_with_sessions_ended_now": 1,
-                   "users_over_concurrent_limit": 1, "sessions_whose_deadlines_move": 5},
+                   "users_over_concurrent_limit": 1, "sessions_whose_deadlines_move": 5,
+                   "expired_sessions_closed": 0},
         "policy": {"max_duration": 86400, "idle_timeout": 7200, "max_concurrent": None,
                    "on_limit": "deny"},
     }
@@ -486,7 +490,8 @@ def test_cli_changes_the_policy_as_the_operator(app, acme, clock, monkeypatch, c
     with app.app_context():
         event = db.session.scalar(sa.select(AuditEvent).where(AuditEvent.event == "policy.changed"))
         assert event.actor == "operator:cli" and event.at == clock.now()
-        assert event.detail == {"changes": body["changes"]}
+        assert event.detail == {"changes": body["changes"], "sessions_ended": 1}
+        assert body["impact"]["sessions_ended_now"] == 1
         for session_id in ids["ada"] + ids["mia"]:
             assert db.session.get(LoginSession, session_id).updated_at == clock.now()
     code, out, _ = run_cli(monkeypatch, capsys, app, "set-policy", "--account", "acme",
