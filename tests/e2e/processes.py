@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -443,3 +444,22 @@ def check_invariants(database_url: str) -> list[str]:
     finally:
         engine.dispose()
     return problems
+
+
+@contextlib.contextmanager
+def serving(wsgi_app, port: int = 0) -> Iterator[int]:
+    """A WSGI app (a relying party's endpoint, a resource server) on a loopback port in a
+    thread of this process; yields the port; shut down and joined on exit."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", port, wsgi_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        assert not thread.is_alive()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -17,12 +16,12 @@ import pytest
 import sqlalchemy as sa
 from joserfc import jwt
 from joserfc.jwk import KeySet
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from idp import create_app, sessions
 from idp.models import LoginSession, LogoutAttempt, LogoutDelivery, db
 from tests.conftest import PASSWORD
+from tests.e2e.processes import serving
 from tests.flows import obtain_tokens
 from tests.relying_party import Browser, RelyingParty, csrf_token
 
@@ -72,21 +71,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextmanager
-def serving(wsgi_app, port: int = 0):
-    server = make_server("127.0.0.1", port, wsgi_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-        assert not thread.is_alive()
 
 
 # -- the world ---------------------------------------------------------------------------------------

@@ -26,10 +26,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from joserfc import jwt
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from idp.models import AuditEvent, LoginSession, LogoutDelivery, TokenFamily, db
+from tests.e2e.processes import serving
 from tests.flows import obtain_tokens
 from tests.relying_party import Browser, RelyingParty, csrf_token
 
@@ -83,21 +83,6 @@ class Receiver:
     def tokens(self, name: str) -> list[str]:
         with self.lock:
             return [token for who, token in self.posts if who == name]
-
-
-@contextmanager
-def serving(wsgi_app):
-    server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-        assert not thread.is_alive()
 
 
 # -- the world --------------------------------------------------------------------------------------

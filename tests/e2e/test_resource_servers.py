@@ -9,7 +9,6 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,11 +19,11 @@ import pytest
 import sqlalchemy as sa
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from idp.models import Account, LoginSession, db
 from tests.conftest import PASSWORD
+from tests.e2e.processes import serving
 from tests.flows import obtain_tokens
 from tests.relying_party import Browser, RelyingParty, csrf_token
 
@@ -36,22 +35,6 @@ INACTIVE = {"active": False}
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-@contextmanager
-def serving(wsgi_app):
-    """A WSGI app on a loopback port in a thread; shut down and joined on exit."""
-    server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-        assert not thread.is_alive()
 
 
 class ResourceServer:
@@ -86,8 +69,8 @@ class ResourceServer:
 def resource_server(rp: RelyingParty):
     api = ResourceServer(rp.metadata["introspection_endpoint"], rp.client_id, rp.client_secret)
     try:
-        with serving(api) as url, httpx.Client(timeout=10, trust_env=False) as http:
-            yield Api(url, http, api)
+        with serving(api) as port, httpx.Client(timeout=10, trust_env=False) as http:
+            yield Api(f"http://127.0.0.1:{port}", http, api)
     finally:
         api.http.close()
 
@@ -326,14 +309,18 @@ def test_an_access_token_past_its_exp_is_inactive(world):
     assert world.rp.introspect(token["refresh_token"]).json()["active"] is True
 
 
-def test_tokens_of_a_session_expired_by_policy_are_inactive_without_any_write(world):
+def test_tokens_of_a_session_expired_by_policy_are_inactive_and_the_answer_is_recorded(world):
     token = world.tokens()
     sid = sid_of(token)
+    signed_in_at = world.session_row(sid).created_at
     world.clock.advance(hours=2, seconds=1)  # the account's idle timeout is 2 h
+    assert world.session_row(sid).ended_at is None  # nothing has looked at it yet
     assert world.rp.introspect(token["refresh_token"]).json() == INACTIVE
     assert world.rp.introspect(token["access_token"]).json() == INACTIVE
-    # Introspection answered from the policy alone: nobody marked the session yet.
-    assert world.session_row(sid).ended_at is None
+    # The first "inactive" ended the session as it found it (at its idle deadline), so no
+    # later policy change can bring it back.
+    row = world.session_row(sid)
+    assert (row.ended_at, row.end_reason) == (signed_in_at + timedelta(hours=2), "expired_idle")
 
 
 def test_a_stricter_policy_makes_unexpired_access_tokens_inactive(world):
@@ -512,7 +499,7 @@ def test_api_refuses_tokens_once_the_policy_expires_the_session(world):
         world.clock.advance(timedelta(hours=2, seconds=1))  # idle past the 2 h timeout
         assert api.call(still["access_token"]) == 401
         assert api.last_answer == INACTIVE
-    assert world.session_row(sid).ended_at is None  # no sweep, no write needed
+    assert world.session_row(sid).end_reason == "expired_idle"  # recorded by that answer
 
 
 def test_api_refuses_tokens_once_the_rp_logs_the_user_out(world):
