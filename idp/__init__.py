@@ -10,9 +10,10 @@ from flask import Flask
 from flask_migrate import Migrate
 
 from . import config as config_module
-from . import devices, passwords, postgres, sqlite
+from . import counters, devices, passwords, postgres, sqlite
 from .clock import Clock
 from .keys import KeyStore
+from .lockout import Lockout
 from .models import db
 from .runtime import Services
 
@@ -87,12 +88,21 @@ def _setup_services(app: Flask, settings: dict, clock: Clock) -> None:
         settings["ARGON2_TIME_COST"], settings["ARGON2_MEMORY_COST"], settings["ARGON2_PARALLELISM"]
     )
     keys.ensure(clock.now())
+    counted = counters.strategy_for(settings["RATELIMIT_STORAGE_URI"],
+                                    Path(settings["INSTANCE_DIR"]) / "counters.db")
+    interval = settings["RATE_LIMIT_SYNC"].total_seconds()
+    batched = counters.SharedCounts(counted, interval) \
+        if counted.shared_between_nodes and interval > 0 else None
     app.extensions["idp"] = Services(
         config=app.config,
         clock=clock,
         keys=keys,
         passwords=passwords.Passwords(hasher),
         locator=devices.Locator(settings["GEOIP_DATABASE"]),
+        limits=counters.Limits(counted, app.config, batched=batched),
+        lockout=Lockout(counted, max_failures=settings["LOGIN_MAX_FAILURES"],
+                        window=int(settings["LOGIN_LOCKOUT"].total_seconds()),
+                        delay_after=settings["LOGIN_DELAY_AFTER"]),
     )
     from .oauth import logout, server
 

@@ -480,10 +480,14 @@ def sweep_command(batch: int, parallel: int, as_json: bool) -> None:
         with _progress(as_json, purgeable, "Purging history past retention") as progress:
             purged = _in_parallel(app, parallel, lambda: sessions.purge_before(
                 now - retention, batch=batch, progress=progress))
+        with app.app_context():
+            spent = sessions.purge_spent(now, batch=batch)
+            db.session.remove()
     finally:
         app.config["BACKCHANNEL_IMMEDIATE"] = immediate
-    _emit(as_json, {"expired": expired, "purged": purged},
-          f"Expired {expired} sessions; purged {purged} old ones.")
+    _emit(as_json, {"expired": expired, "purged": purged, "spent": spent},
+          f"Expired {expired} sessions; purged {purged} old ones and {spent} spent device "
+          "codes, assertions and revocations.")
 
 
 @contextlib.contextmanager

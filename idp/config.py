@@ -63,12 +63,29 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "LOGOUT_TOKEN_LIFETIME": ("2m", "duration", "Lifetime of a logout token"),
     # -- abuse resistance (limits: Flask-Limiter's counters)
     "REDIS_URL": (None, "str", "Redis shared by all nodes (rate-limit and lockout counters)"),
-    "RATELIMIT_STORAGE_URI": (None, "str", "Rate-limit counters; default IDP_REDIS_URL, else memory://"),
-    "LOGIN_IP_LIMIT": ("30 per minute", "str", "Sign-in attempts per client IP"),
+    "RATELIMIT_STORAGE_URI": (None, "str", "Rate-limit and lockout counters; default IDP_REDIS_URL, "
+                              "else a file every worker of the node shares"),
+    "LOGIN_IP_LIMIT": ("30 per minute", "str", "Failed sign-ins per client IP (an attempt counts "
+                       "while its password is checked; a right one is given back)"),
     "LOGIN_MAX_FAILURES": (5, "int", "Failed sign-ins per account before a temporary lockout"),
+    "LOGIN_DELAY_AFTER": (2, "int", "Failed sign-ins per account after which each attempt waits "
+                          "1, 2, 4 … s (at the failure limit: no delays)"),
     "LOGIN_LOCKOUT": ("15m", "duration", "Lockout window after too many failed sign-ins"),
-    "TOKEN_RATE_LIMIT": ("1200 per minute", "str", "Token requests per OAuth client"),
-    "INTROSPECTION_RATE_LIMIT": ("12000 per minute", "str", "Introspection calls per OAuth client"),
+    "CLIENT_AUTH_FAILURES_PER_CLIENT": ("100 per minute", "str",
+                                        "Failed client authentications per claimed client id"),
+    "CLIENT_AUTH_FAILURES_PER_IP": ("100 per minute", "str",
+                                    "Failed client authentications per client IP"),
+    "TOKEN_RATE_LIMIT": ("", "str", "Token requests per authenticated client (empty: no cap)"),
+    "INTROSPECTION_RATE_LIMIT": ("", "str",
+                                 "Introspection calls per authenticated client (empty: no cap)"),
+    "DEVICE_AUTHORIZATIONS_PER_IP": ("30 per minute", "str",
+                                     "Device authorizations (POST /oauth/device) per client IP"),
+    "DEVICE_AUTHORIZATIONS_PER_CLIENT": ("600 per minute", "str",
+                                         "Device authorizations per client id"),
+    "USER_CODE_FAILURES_PER_USER": ("10 per 10 minutes", "str",
+                                    "Wrong user codes typed at /device per signed-in user"),
+    "USER_CODE_FAILURES_PER_IP": ("30 per 10 minutes", "str",
+                                  "Wrong user codes typed at /device per client IP"),
     "RATE_LIMIT_SYNC": ("0.25s", "duration",
                         "With Redis: how often a node adds its request counts to the shared ones"),
     # -- passwords (argon2id)
@@ -180,7 +197,13 @@ def _validate(config: dict) -> None:
         # insecure cookies to work at all, so development turns them on by itself.
         config["INSECURE_COOKIES"] = True
     if not config["RATELIMIT_STORAGE_URI"]:
-        config["RATELIMIT_STORAGE_URI"] = config["REDIS_URL"] or "memory://"
+        config["RATELIMIT_STORAGE_URI"] = config["REDIS_URL"] or ""
+    if config["RATELIMIT_STORAGE_URI"].startswith(("memory:", "async+memory:")):
+        raise ConfigError(
+            "IDP_RATELIMIT_STORAGE_URI=memory:// would count in each worker process apart "
+            "(4 workers, 4 times the allowed attempts). Unset it: the counters then live in "
+            "a file every worker of this node shares (IDP_INSTANCE_DIR/counters.db), or set "
+            "IDP_REDIS_URL to share them between nodes.")
     if not 0 <= config["TRUSTED_PROXIES"] <= 10:
         raise ConfigError("IDP_TRUSTED_PROXIES must be between 0 and 10")
     if config["ACCESS_TOKEN_ALG"] not in {"RS256", "ES256"}:
@@ -207,17 +230,30 @@ def _validate(config: dict) -> None:
     _bounded(config, "RATE_LIMIT_SYNC", timedelta(0), timedelta(seconds=60))
     if not 1 <= config["LOGIN_MAX_FAILURES"] <= 100:
         raise ConfigError("IDP_LOGIN_MAX_FAILURES must be between 1 and 100")
-    for name in ("LOGIN_IP_LIMIT", "TOKEN_RATE_LIMIT", "INTROSPECTION_RATE_LIMIT"):
+    if not 1 <= config["LOGIN_DELAY_AFTER"] <= config["LOGIN_MAX_FAILURES"]:
+        raise ConfigError("IDP_LOGIN_DELAY_AFTER must be between 1 and IDP_LOGIN_MAX_FAILURES")
+    for name in LIMIT_SETTINGS:
         try:
             from limits import parse_many
 
-            parse_many(config[name])
+            if config[name].strip():
+                parse_many(config[name])
+            elif name not in OPTIONAL_LIMITS:
+                raise ValueError(name)
         except ValueError:
             raise ConfigError(f"IDP_{name}: not a rate like '30 per minute'") from None
     if not 1 <= config["CONCURRENT_SESSIONS_MAX"] <= 100000:
         raise ConfigError("IDP_CONCURRENT_SESSIONS_MAX must be between 1 and 100000")
     if config["DATABASE_URL"] is None:
         config["DATABASE_URL"] = f"sqlite:///{config['INSTANCE_DIR'] / 'idp.db'}"
+
+
+#: Every limit setting; those an operator may leave empty (no cap) in OPTIONAL_LIMITS.
+LIMIT_SETTINGS = ("LOGIN_IP_LIMIT", "CLIENT_AUTH_FAILURES_PER_CLIENT", "CLIENT_AUTH_FAILURES_PER_IP",
+                  "TOKEN_RATE_LIMIT", "INTROSPECTION_RATE_LIMIT", "DEVICE_AUTHORIZATIONS_PER_IP",
+                  "DEVICE_AUTHORIZATIONS_PER_CLIENT", "USER_CODE_FAILURES_PER_USER",
+                  "USER_CODE_FAILURES_PER_IP")
+OPTIONAL_LIMITS = ("TOKEN_RATE_LIMIT", "INTROSPECTION_RATE_LIMIT")
 
 
 def ensure_secret_key(config: dict) -> str:

@@ -1,10 +1,14 @@
 """A user's credentials: signing in with a password, changing it, disabling the user.
 
-Argon2 runs first, outside any lock (it takes tens of milliseconds). What it decided is
-then re-checked under the user's row lock (``sessions.lock_user``), the lock that every
-session creation, password change, disable and end-all takes: a sign-in opens its session
-only if the ``credentials_version`` it verified the password under is still the user's,
-and a password change or disable ends every session that exists when it commits. So a
+Every password check first reserves an attempt on the account's lockout counter
+(``lockout.Lockout``, shared by every worker and node), so guesses, in parallel or not,
+at the sign-in form or at the password-change form, never get more checks than the limit.
+
+Argon2 runs outside any lock (it takes tens of milliseconds). What it decided is then
+re-checked under the user's row lock (``sessions.lock_user``), the lock that every session
+creation, password change, disable and end-all takes: a sign-in opens its session only if
+the ``credentials_version`` it verified the password under is still the user's, and a
+password change or disable ends every session that exists when it commits. So a
 credential change wins every race with a sign-in, on any node (DESIGN invariant 9).
 """
 
@@ -17,6 +21,8 @@ import sqlalchemy as sa
 
 from . import audit, sessions
 from .accounts import MIN_PASSWORD
+from .counters import Limits
+from .lockout import Attempt, Lockout
 from .models import EndReason, LoginSession, User, db
 from .passwords import Passwords
 
@@ -40,40 +46,100 @@ def verify(email: str, password: str, hasher: Passwords) -> Verified | None:
     return Verified(user, user.credentials_version, new_hash)
 
 
-def sign_in(verified: Verified, origin: sessions.Origin, *, now: datetime,
+class Throttled(Exception):
+    """Too many failed password checks for this account: wait ``attempt.retry_after``."""
+
+    def __init__(self, attempt: Attempt):
+        super().__init__("too many failed attempts")
+        self.attempt = attempt
+
+
+class SignInRefused(Exception):
+    """Wrong email or password, a disabled user, or credentials changed since the password
+    was verified: one answer for all, so nothing tells them apart."""
+
+
+def sign_in(email: str, password: str, origin: sessions.Origin, *, now: datetime,
+            hasher: Passwords, lockout: Lockout, limits: Limits,
             replacing: LoginSession | None = None) -> sessions.Started:
-    """Open a session for a verified password, replacing the browser's previous one.
-    Raises ``sessions.CredentialsChanged`` when the password was changed or the user
-    disabled since it was verified (answer it as a wrong password), and
-    ``sessions.SessionLimitReached``; the caller commits."""
-    started = sessions.start(verified.user, origin, now=now, verified_version=verified.version,
-                             replacing=replacing)
-    if verified.new_hash:
-        verified.user.password_hash = verified.new_hash
-    return started
+    """Check a password and open a session, replacing the browser's previous one. The
+    attempt is counted before argon2 runs, against the caller's IP
+    (``IDP_LOGIN_IP_LIMIT``: ``counters.Limited``) and the account (``Throttled``), and
+    given back when the password was right. Raises ``SignInRefused`` (a failure, counted
+    and audited) or ``sessions.SessionLimitReached``; the caller commits."""
+    limits.reserve("LOGIN_IP_LIMIT", origin.ip)
+    attempt = lockout.begin(email)
+    if not attempt.allowed:
+        limits.release("LOGIN_IP_LIMIT", origin.ip)
+        audit.record("login.throttled", now=now, ip=origin.ip, actor="anonymous",
+                     locked=attempt.locked or None, retry_after=attempt.retry_after)
+        raise Throttled(attempt)
+    verified = verify(email, password, hasher)
+    if verified is not None:
+        try:
+            started = sessions.start(verified.user, origin, now=now,
+                                     verified_version=verified.version, replacing=replacing)
+        except sessions.CredentialsChanged:
+            db.session.rollback()  # only the lock was taken: verified, but wrong by now
+        except sessions.SessionLimitReached:
+            _right_password(email, origin, lockout, limits)
+            raise
+        else:
+            if verified.new_hash:
+                verified.user.password_hash = verified.new_hash
+            _right_password(email, origin, lockout, limits)
+            return started
+    lockout.failed(email, attempt)
+    user = db.session.scalar(sa.select(User).where(User.email == email))
+    audit.record("login.failed", now=now, account_id=user.account_id if user else None,
+                 user_id=user.id if user else None, ip=origin.ip, actor="anonymous")
+    raise SignInRefused()
+
+
+def _right_password(email: str, origin: sessions.Origin, lockout: Lockout,
+                    limits: Limits) -> None:
+    lockout.succeeded(email)
+    limits.release("LOGIN_IP_LIMIT", origin.ip)
 
 
 class PasswordChangeRefused(ValueError):
     """The change was refused; the message says why, in words for the user."""
 
 
+class LockedOut(PasswordChangeRefused):
+    """This wrong current password reached the account's limit: the session that sent it
+    was ended ("Ended: too many wrong passwords")."""
+
+
 def change_password(user: User, *, current: str, new: str, confirm: str, hasher: Passwords,
-                    keep: LoginSession, now: datetime, ip: str) -> list[LoginSession]:
+                    lockout: Lockout, keep: LoginSession, now: datetime, ip: str
+                    ) -> list[LoginSession]:
     """Set a new password and end every other session of the user (``keep`` stays): those
     that exist when this commits, and any sign-in verified with the old password waits
-    and is then refused. Returns the sessions ended; the caller commits."""
+    and is then refused. The current password is checked under the same lockout as
+    sign-in. Returns the sessions ended; the caller commits."""
     if new != confirm:
         raise PasswordChangeRefused("The new passwords do not match.")
     if len(new) < MIN_PASSWORD:
         raise PasswordChangeRefused(f"Use at least {MIN_PASSWORD} characters.")
     if len(new) > 1024:
         raise PasswordChangeRefused("Use at most 1024 characters.")
+    attempt = lockout.begin(user.email)
+    if not attempt.allowed:
+        raise PasswordChangeRefused(
+            f"Too many wrong passwords. Wait {attempt.retry_after} seconds and try again.")
     version = user.credentials_version
     ok, _ = hasher.verify(user.password_hash, current)
     if not ok:
+        locked = lockout.failed(user.email, attempt)
         audit.record("password.change_failed", now=now, account_id=user.account_id,
-                     user_id=user.id, ip=ip, actor=f"user:{user.sub}")
+                     user_id=user.id, ip=ip, actor=f"user:{user.sub}", locked=locked or None)
+        if locked:
+            sessions.end(keep, EndReason.LOCKED_OUT, now=now, actor=f"user:{user.sub}", ip=ip)
+            raise LockedOut("Too many wrong passwords: you have been signed out. "
+                            f"Sign in again in {attempt_minutes(lockout)}.")
         raise PasswordChangeRefused("The current password is not right.")
+    lockout.succeeded(user.email)
     new_hash = hasher.hash(new)
     sessions.lock_user(user)
     if user.credentials_version != version or user.disabled_at is not None:
@@ -86,6 +152,11 @@ def change_password(user: User, *, current: str, new: str, confirm: str, hasher:
     audit.record("password.changed", now=now, account_id=user.account_id, user_id=user.id,
                  session_id=keep.id, ip=ip, actor=f"user:{user.sub}", sessions_ended=len(ended))
     return ended
+
+
+def attempt_minutes(lockout: Lockout) -> str:
+    minutes = max(1, round(lockout.window / 60))
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 def disable(user: User, *, now: datetime, actor: str, ip: str | None = None

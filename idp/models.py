@@ -210,6 +210,7 @@ class EndReason(enum.StrEnum):
     PASSWORD_CHANGED = "password_changed"
     DISABLED = "disabled"
     POLICY_CHANGED = "policy_changed"
+    LOCKED_OUT = "locked_out"
 
     @property
     def is_expiry(self) -> bool:
@@ -414,6 +415,7 @@ class RevokedAccessToken(db.Model):
     """A JWT access token revoked on its own (RFC 7009); kept until it expires."""
 
     __tablename__ = "revoked_access_tokens"
+    __table_args__ = (sa.Index("ix_revoked_access_tokens_expires_at", "expires_at"),)
 
     jti: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     family_id: Mapped[str] = mapped_column(sa.String(32))
@@ -549,6 +551,7 @@ class DeviceCode(db.Model):
     user approves it in a browser; approval opens a session of kind "device"."""
 
     __tablename__ = "device_codes"
+    __table_args__ = (sa.Index("ix_device_codes_expires_at", "expires_at"),)
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
     secret_hash: Mapped[str] = mapped_column(sa.String(64))

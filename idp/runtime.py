@@ -15,7 +15,9 @@ from flask import current_app, g, request
 
 from . import devices
 from .clock import Clock
+from .counters import Limits
 from .keys import KeyStore
+from .lockout import Lockout
 from .passwords import Passwords
 from .sessions import Origin
 
@@ -27,6 +29,8 @@ class Services:
     keys: KeyStore
     passwords: Passwords
     locator: devices.Locator
+    limits: Limits  # request and failure limits, on counters every worker shares
+    lockout: Lockout  # password guessing per account
 
 
 def services() -> Services:

@@ -33,12 +33,16 @@ from .models import (
     AuditEvent,
     AuthorizationCode,
     Client,
+    DeviceCode,
     EndReason,
     LoginSession,
+    LogoutAttempt,
     LogoutDelivery,
     OnLimit,
     RefreshToken,
+    RevokedAccessToken,
     TokenFamily,
+    UsedAssertion,
     User,
     db,
 )
@@ -77,8 +81,9 @@ class CredentialsChanged(Exception):
 class SessionLimitReached(Exception):
     """The account's concurrent-session limit refuses this login."""
 
-    def __init__(self, active: list[LoginSession]):
+    def __init__(self, user: User, active: list[LoginSession]):
         super().__init__("concurrent session limit reached")
+        self.user = user
         self.active = active
 
 
@@ -192,7 +197,7 @@ def start(
             reason="concurrent_limit",
             limit=policy.max_concurrent,
         )
-        raise SessionLimitReached(active)
+        raise SessionLimitReached(user, active)
     for victim in decision.to_end:
         if end(victim, EndReason.EVICTED_CONCURRENT, now=now, actor="policy", ip=origin.ip):
             ended.append(victim)
@@ -379,6 +384,7 @@ def end_all(
 class SweepResult:
     expired: int = 0
     purged: int = 0
+    spent: int = 0  # device codes, used assertions, revocations past their time
 
 
 # The sweep is set-based: candidates come from indexes over open sessions (created_at and
@@ -712,6 +718,31 @@ def purge_before(cutoff: datetime, *, batch: int = 500, progress=None) -> int:
     return purged
 
 
+#: A device code is kept this long after it expired, so a device still polling hears
+#: ``expired_token`` rather than ``invalid_grant``.
+DEVICE_CODE_GRACE = timedelta(hours=1)
+
+
+def purge_spent(now: datetime, *, batch: int = 500) -> int:
+    """Rows that only wait for an approval or guard against a replay, once past their
+    time: expired device codes, used client assertions and single access-token
+    revocations past the token's own expiry. Batches of their own transactions; returns
+    how many rows went."""
+    purged = 0
+    for model, cutoff in ((DeviceCode, now - DEVICE_CODE_GRACE), (UsedAssertion, now),
+                          (RevokedAccessToken, now)):
+        key = model.__mapper__.primary_key[0]
+        while True:
+            due = sa.select(key).where(model.expires_at <= cutoff).order_by(model.expires_at)
+            deleted = _with_retries(lambda due=due, model=model, key=key: db.session.execute(
+                sa.delete(model).where(key.in_(due.limit(batch).scalar_subquery()))
+                .execution_options(synchronize_session=False)).rowcount)
+            purged += deleted
+            if deleted < batch:
+                break
+    return purged
+
+
 def sweep(now: datetime, retention: timedelta, *, batch: int = 500, progress=None,
           purge_progress=None) -> SweepResult:
     """Mark sessions past their deadlines expired and purge old history, in batches.
@@ -719,13 +750,18 @@ def sweep(now: datetime, retention: timedelta, *, batch: int = 500, progress=Non
     several sweeps may run at once (PostgreSQL): each session is ended exactly once."""
     expired = expire_due(now, batch=batch, progress=progress)
     purged = purge_before(now - retention, batch=batch, progress=purge_progress)
-    return SweepResult(expired=expired, purged=purged)
+    return SweepResult(expired=expired, purged=purged, spent=purge_spent(now, batch=batch))
 
 
 def purge(session_ids: list[str]) -> int:
-    """Delete sessions and everything that hangs off them; returns how many sessions."""
+    """Delete sessions and everything that hangs off them (their logout deliveries and
+    attempts included); returns how many sessions."""
     family_ids = sa.select(TokenFamily.id).where(_among(TokenFamily.session_id, session_ids))
+    delivery_ids = sa.select(LogoutDelivery.id).where(
+        _among(LogoutDelivery.session_id, session_ids))
     for statement in (
+        sa.delete(LogoutAttempt).where(LogoutAttempt.delivery_id.in_(delivery_ids)),
+        sa.delete(LogoutDelivery).where(_among(LogoutDelivery.session_id, session_ids)),
         sa.delete(RefreshToken).where(RefreshToken.family_id.in_(family_ids)),
         sa.delete(TokenFamily).where(_among(TokenFamily.session_id, session_ids)),
         sa.delete(AuthorizationCode).where(_among(AuthorizationCode.session_id, session_ids)),
@@ -751,6 +787,7 @@ REASON_TEXT = {
     EndReason.PASSWORD_CHANGED: "Ended: password changed",
     EndReason.DISABLED: "Ended: account disabled",
     EndReason.POLICY_CHANGED: "Ended: policy changed",
+    EndReason.LOCKED_OUT: "Ended: too many wrong passwords",
 }
 
 

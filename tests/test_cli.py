@@ -295,12 +295,21 @@ def test_rotate_keys_publishes_new_keys_beside_the_old(template, home):
 
 def test_sweep_on_an_empty_database(home):
     out = one_json_object(idp(home, "sweep", "--json"))
-    assert out == {"expired": 0, "purged": 0}
+    assert out == {"expired": 0, "purged": 0, "spent": 0}
 
 
 def test_sweep_expires_stale_sessions_and_purges_old_history(home):
+    import sqlalchemy as sa
+
     from idp import accounts, sessions
-    from idp.models import EndReason, LoginSession, db
+    from idp.models import (
+        DeviceCode,
+        EndReason,
+        LoginSession,
+        RevokedAccessToken,
+        UsedAssertion,
+        db,
+    )
 
     now = datetime.now(UTC).replace(microsecond=0)
     origin = sessions.Origin(ip="127.0.0.1")
@@ -317,11 +326,25 @@ def test_sweep_expires_stale_sessions_and_purges_old_history(home):
         stale = start_session(user, origin, now=now - timedelta(days=3)).session
         live = start_session(user, origin, now=now - timedelta(minutes=1)).session
         ids = ancient.id, stale.id, live.id
+        # Spent rows: a device code expired two hours ago (and one still pending), a used
+        # client assertion and an access-token revocation past their expiry.
+        client, _ = accounts.create_client(name="cli", redirect_uris=[], public=True,
+                                           device=True, now=now)
+        for code, expires in (("OLDX-CODE", now - timedelta(hours=2)),
+                              ("LIVE-CODE", now + timedelta(minutes=5))):
+            db.session.add(DeviceCode(id=code, secret_hash="0" * 64, user_code=code,
+                                      client_id=client.client_id, scope="openid",
+                                      created_at=expires - timedelta(minutes=10),
+                                      expires_at=expires, interval=5, ip="127.0.0.1"))
+        db.session.add(UsedAssertion(key="c:j1", expires_at=now - timedelta(minutes=1)))
+        db.session.add(UsedAssertion(key="c:j2", expires_at=now + timedelta(minutes=1)))
+        db.session.add(RevokedAccessToken(jti="j1", family_id="f", revoked_at=now,
+                                          expires_at=now - timedelta(minutes=1)))
         db.session.commit()
     dispose(app)
 
     out = one_json_object(idp(home, "sweep", "--json"))
-    assert out == {"expired": 1, "purged": 1}
+    assert out == {"expired": 1, "purged": 1, "spent": 3}
 
     app = in_process_app(home)
     with app.app_context():
@@ -329,6 +352,9 @@ def test_sweep_expires_stale_sessions_and_purges_old_history(home):
         stale = db.session.get(LoginSession, ids[1])
         assert stale.ended_at is not None and EndReason(stale.end_reason).is_expiry
         assert db.session.get(LoginSession, ids[2]).ended_at is None
+        assert [row.id for row in db.session.scalars(sa.select(DeviceCode))] == ["LIVE-CODE"]
+        assert [row.key for row in db.session.scalars(sa.select(UsedAssertion))] == ["c:j2"]
+        assert db.session.scalars(sa.select(RevokedAccessToken)).all() == []
     dispose(app)
 
 

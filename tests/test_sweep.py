@@ -315,7 +315,7 @@ def test_idp_sweep_json_and_progress(app, ctx, clock, world, monkeypatch, capsys
     capsys.readouterr()
     cli.main(["sweep", "--json", "--batch", "2", "--parallel", "2"])
     out, err = capsys.readouterr()
-    assert json.loads(out) == {"expired": len(stale), "purged": len(old)}
+    assert json.loads(out) == {"expired": len(stale), "purged": len(old), "spent": 0}
     assert err == ""
     # The notices wait in the outbox for `idp worker`; this process does not deliver them.
     assert submitted == []
@@ -326,6 +326,7 @@ def test_idp_sweep_json_and_progress(app, ctx, clock, world, monkeypatch, capsys
     clock.advance(hours=25)  # the live ones are idle now, under every policy
     cli.main(["sweep"])
     out, err = capsys.readouterr()
-    assert out.strip() == f"Expired {len(live)} sessions; purged 0 old ones."
+    assert out.strip() == (f"Expired {len(live)} sessions; purged 0 old ones and 0 spent "
+                           "device codes, assertions and revocations.")
     assert "Expiring sessions past their deadlines" in err
     assert "Purging history past retention" in err

@@ -29,6 +29,7 @@ from ..keys import KeyStore
 from ..models import Client, DeviceCode, UsedAssertion, db, read_only
 from ..runtime import client_ip, config, now, services
 from . import introspection
+from .client_limits import unverified_sub
 from .grants import Principal, user_info
 
 INTROSPECTION_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
@@ -222,7 +223,10 @@ class DeviceAuthorizationEndpoint(_DeviceAuthorizationEndpoint):
         lifetime = config()["DEVICE_CODE_LIFETIME"]
         self.EXPIRES_IN = int(lifetime.total_seconds())
         self.INTERVAL = int(config()["DEVICE_POLL_INTERVAL"].total_seconds())
+        limits = services().limits  # every authorization writes a row: counted per IP, client
+        limits.reserve("DEVICE_AUTHORIZATIONS_PER_IP", client_ip())
         self.authenticate_client(request)
+        limits.reserve("DEVICE_AUTHORIZATIONS_PER_CLIENT", request.client.client_id)
         if not request.client.check_grant_type(DEVICE_CODE_GRANT_TYPE):
             raise UnauthorizedClientError("This client may not use the device flow.")
         return super().create_endpoint_response(request)
@@ -248,18 +252,34 @@ class DeviceAuthorizationEndpoint(_DeviceAuthorizationEndpoint):
 
 
 class PrivateKeyJWT(JWTBearerClientAssertion):
-    """RFC 7523 client assertions signed with a key the client registered; each
-    ``jti`` is accepted once until the assertion expires."""
+    """RFC 7523 client assertions signed with a key the client registered. The audience
+    is the issuer identifier alone: an endpoint URL as audience is what the 2025
+    audience-injection attacks replay from one server to another. An assertion lives at
+    most ``MAX_LIFETIME`` (so its replay record does too); each ``jti`` is accepted once
+    until it expires; a ``client_id`` beside it must name the assertion's ``sub``."""
 
     CLIENT_AUTH_METHOD = "private_key_jwt"
+    MAX_LIFETIME = 300  # seconds, exp - iat (or exp - now without iat)
 
     def __init__(self):
         super().__init__(validate_jti=True, leeway=30)
 
     def get_audiences(self) -> list[str]:
-        issuer = config()["ISSUER"]
-        return [issuer, f"{issuer}/oauth/token", f"{issuer}/oauth/introspect",
-                f"{issuer}/oauth/revoke", f"{issuer}/oauth/device"]
+        return [config()["ISSUER"]]
+
+    def verify_claims(self, claims) -> None:
+        current = now().timestamp()
+        times = [claims.get("exp"), claims.get("iat", current)]
+        if any(isinstance(t, bool) or not isinstance(t, int | float) or not -1e11 < t < 1e11
+               for t in times):
+            raise InvalidClientError(description="exp and iat must be NumericDate values.")
+        expires, issued = times
+        if issued > current + self.leeway:
+            raise InvalidClientError(description="The assertion was issued in the future.")
+        if expires - issued > self.MAX_LIFETIME:
+            raise InvalidClientError(
+                description=f"The assertion may live at most {self.MAX_LIFETIME} seconds.")
+        super().verify_claims(claims)
 
     def process_assertion_claims(self, assertion, resolve_key):
         try:
@@ -270,7 +290,11 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         return token.claims
 
     def __call__(self, query_client, request):
+        claimed, assertion = request.form.get("client_id"), request.form.get("client_assertion")
         try:
+            if claimed and assertion and unverified_sub(assertion) != claimed:
+                raise InvalidClientError(
+                    description="client_id names another client than the assertion's sub.")
             return super().__call__(query_client, request)
         except InvalidClientError as error:
             error.status_code = 401  # like a wrong secret (RFC 6749 §5.2)

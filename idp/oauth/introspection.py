@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from .. import passwords, tokens
 from ..keys import KeyStore
 from ..models import Client, HotQuery, RefreshToken, RevokedAccessToken, TokenFamily, read_only
+from .client_limits import authenticated
 
 TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
 
@@ -87,6 +88,8 @@ def answer(form, authorization: str | None, *, keys: KeyStore, issuer: str,
     with read_only() as connection:
         answered, holder = _answer(connection, value, *credentials, keys=keys, issuer=issuer,
                                    now=now)
+    if answered is not None:
+        authenticated(credentials[0], "introspection")  # the operator's cap, if any
     if answered is INACTIVE and holder is not None:
         holder.settle(now)
     return answered

@@ -9,12 +9,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from authlib.integrations.flask_oauth2 import AuthorizationServer as _AuthorizationServer
 from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749.errors import InvalidClientError
 from flask import Flask
 from flask import request as flask_request
 
 from .. import tokens
 from ..models import Client, HotQuery, db
 from ..runtime import config, now, services
+from .client_limits import authenticated, claimed_client_id, client_authentication_failed
 from .endpoints import (
     DeviceAuthorizationEndpoint,
     IntrospectionEndpoint,
@@ -65,6 +67,20 @@ class AuthorizationServer(_AuthorizationServer):
         if len(self._clients) > 1000:
             self._clients.clear()
         self._clients[client_id] = (values, client)
+        return client
+
+    def authenticate_client(self, request, methods, endpoint="token"):
+        """Authlib's client authentication, with the limits that belong to it: a failure
+        counts against the client id it claimed and against the caller's IP, and past
+        either limit is answered 429 instead of 401 (``counters.Limited``); an
+        authenticated client is never refused for others' failures, and meets only the
+        operator's optional per-client cap (none by default)."""
+        try:
+            client = super().authenticate_client(request, methods, endpoint)
+        except InvalidClientError:
+            client_authentication_failed(claimed_client_id(request.headers, request.form))
+            raise
+        authenticated(client.client_id, endpoint)
         return client
 
     def save_token(self, token: dict, request) -> None:

@@ -11,6 +11,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from ..counters import Limited
 from ..models import db
 
 csrf = CSRFProtect()
@@ -105,12 +106,11 @@ class CookieSessions(SecureCookieSessionInterface):
 
 
 def register(app: Flask) -> None:
-    from . import account, admin, api, auth, device, filters, oidc, ops, throttle
+    from . import account, admin, api, auth, device, filters, oidc, ops
 
     app.session_interface = CookieSessions()
     ops.install(app)
     filters.register(app)
-    throttle.setup(app)
     csrf.init_app(app)
     oidc.exempt_from_csrf(csrf)
     api.exempt_from_csrf(csrf)
@@ -127,6 +127,14 @@ def register(app: Flask) -> None:
         return error_response(
             400, "The form expired or was sent from another site. Go back, reload and try again."
         )
+
+    @app.errorhandler(Limited)
+    def limited(exc: Limited):
+        """Over a limit: 429 in the endpoint's own format, with how long to wait."""
+        db.session.rollback()
+        response = make_response(error_response(429))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -201,8 +201,11 @@ def change_password():
         try:
             ended = credentials.change_password(
                 g.user, current=form.current.data, new=form.new.data, confirm=form.confirm.data,
-                hasher=services().passwords, keep=current.login_session(), now=now(),
-                ip=client_ip())
+                hasher=services().passwords, lockout=services().lockout,
+                keep=current.login_session(), now=now(), ip=client_ip())
+        except credentials.LockedOut as locked:
+            db.session.commit()
+            return _signed_out(str(locked))
         except credentials.PasswordChangeRefused as refused:
             error = str(refused)
         else:

@@ -14,8 +14,8 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 from .. import audit, credentials, policy, policy_changes, sessions
 from ..models import EndReason, LoginSession, LogoutAttempt, LogoutDelivery, Role, User, db
 from ..policy import PolicyBounds, PolicyError, SessionPolicy
-from ..runtime import client_ip, config, now
-from . import current, throttle
+from ..runtime import client_ip, config, now, services
+from . import current
 from .account import active_views, apps_of, describe_target, login_required, revokes_text
 from .forms import ActionForm
 
@@ -130,7 +130,7 @@ def users():
     rows = sessions.members_with_active_counts(account, now())
     members = [user for user, _ in rows]
     counts = {user.id: count for user, count in rows}
-    guard = throttle.login_throttle()
+    guard = services().lockout
     locked = {u.id for u in members if guard.locked(u.email)}
     db.session.commit()
     return render_template("admin/users.html", users=members, counts=counts, account=account,
@@ -144,7 +144,7 @@ def unlock(sub: str):
     user = _own_user(sub)
     if not ActionForm().validate_on_submit():
         abort(400)
-    throttle.login_throttle().reset(user.email)
+    services().lockout.reset(user.email)
     audit.record("login.unlocked", now=now(), account_id=user.account_id, user_id=user.id,
                  actor=f"admin:{g.user.sub}", ip=client_ip())
     db.session.commit()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import sqlalchemy as sa
 from flask import (
     Blueprint,
     abort,
@@ -17,10 +16,10 @@ from flask import (
     url_for,
 )
 
-from .. import audit, credentials, sessions
-from ..models import EndReason, LoginSession, User, db
+from .. import credentials, sessions
+from ..models import EndReason, LoginSession, db
 from ..runtime import client_ip, now, origin, services
-from . import current, throttle
+from . import current
 from .forms import ActionForm, LoginForm
 
 bp = Blueprint("auth", __name__)
@@ -90,53 +89,34 @@ def login():
         return render_template("login.html", form=form, error=None)
 
     email = form.email.data.strip().lower()
-    guard = throttle.login_throttle()
-    with throttle.limit("LOGIN_IP_LIMIT", scope="login-ip"):
-        state = guard.state(email)
-    if state.locked or state.retry_after:
-        audit.record("login.throttled", now=now(), ip=client_ip(), actor="anonymous",
-                     locked=state.locked or None, retry_after=state.retry_after)
+    try:
+        started = credentials.sign_in(email, form.password.data, origin(), now=now(),
+                                      hasher=services().passwords, lockout=services().lockout,
+                                      limits=services().limits, replacing=live)
+    except credentials.Throttled as throttled:
         db.session.commit()
+        attempt = throttled.attempt
         message = (
-            f"Too many failed attempts. Try again in {_minutes(state.retry_after)}."
-            if state.locked else
-            f"Too many failed attempts. Wait {state.retry_after} seconds and try again."
+            f"Too many failed attempts. Try again in {_minutes(attempt.retry_after)}."
+            if attempt.locked else
+            f"Too many failed attempts. Wait {attempt.retry_after} seconds and try again."
         )
         response = current_app.make_response(
             (render_template("login.html", form=form, error=message), 429))
-        response.headers["Retry-After"] = str(state.retry_after)
+        response.headers["Retry-After"] = str(attempt.retry_after)
         return response
-    verified = credentials.verify(email, form.password.data, services().passwords)
-    started = None
-    if verified is not None:
-        try:
-            started = credentials.sign_in(verified, origin(), now=now(), replacing=live)
-        except sessions.CredentialsChanged:
-            db.session.rollback()  # verified under credentials changed since: wrong now
-        except sessions.SessionLimitReached as limit:
-            db.session.commit()
-            # The password was right: for a few minutes this browser may end one of the
-            # sessions listed, then sign in again.
-            user = verified.user
-            session[LIMIT] = {"user": user.id, "until": int(now().timestamp()) + LIMIT_WINDOW}
-            return render_template("limit.html", sessions=limit.active, user=user,
-                                   form=ActionForm(), now=now()), 409
-    if started is None:
-        guard.failed(email)
-        user = db.session.scalar(sa.select(User).where(User.email == email))
-        audit.record(
-            "login.failed",
-            now=now(),
-            account_id=user.account_id if user else None,
-            user_id=user.id if user else None,
-            ip=client_ip(),
-            actor="anonymous",
-        )
+    except credentials.SignInRefused:
         db.session.commit()
         return render_template(
             "login.html", form=form, error="Incorrect email or password."
         ), 401
-    guard.reset(email)
+    except sessions.SessionLimitReached as limit:
+        db.session.commit()
+        # The password was right: for a few minutes this browser may end one of the
+        # sessions listed, then sign in again.
+        session[LIMIT] = {"user": limit.user.id, "until": int(now().timestamp()) + LIMIT_WINDOW}
+        return render_template("limit.html", sessions=limit.active, user=limit.user,
+                               form=ActionForm(), now=now()), 409
     db.session.commit()
     session.clear()  # no session fixation: every pre-login browser value goes
     response = redirect(_resume_target(pending, after), 303)

@@ -10,8 +10,9 @@ import sqlalchemy as sa
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 
 from .. import sessions
+from ..counters import Limited
 from ..models import DeviceCode, db
-from ..runtime import now, services
+from ..runtime import client_ip, now, services
 from . import current
 from .account import login_required
 from .forms import ActionForm
@@ -32,9 +33,21 @@ def normalise(code: str) -> str:
 
 
 def _pending(code: str) -> DeviceCode | None:
+    """The device login waiting for this code. Every lookup counts against the signed-in
+    user's and the IP's wrong-code limits until it turns out right (RFC 8628 §5.1: user
+    codes are short, guessing must be limited); past either, 429 (``counters.Limited``)."""
+    limits = services().limits
+    limits.reserve("USER_CODE_FAILURES_PER_USER", g.user.sub)
+    try:
+        limits.reserve("USER_CODE_FAILURES_PER_IP", client_ip())
+    except Limited:
+        limits.release("USER_CODE_FAILURES_PER_USER", g.user.sub)
+        raise
     row = db.session.scalar(sa.select(DeviceCode).where(DeviceCode.user_code == normalise(code)))
     if row is None or row.approved is not None or row.expires_at <= now():
         return None
+    limits.release("USER_CODE_FAILURES_PER_USER", g.user.sub)
+    limits.release("USER_CODE_FAILURES_PER_IP", client_ip())
     return row
 
 

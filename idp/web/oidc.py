@@ -37,7 +37,7 @@ from ..oauth.endpoints import (
 from ..oauth.grants import CLIENT_AUTH_METHODS, Principal
 from ..oauth.server import SCOPES_SUPPORTED
 from ..runtime import client_ip, config, now, services
-from . import current, error_response, throttle
+from . import current, error_response
 from .auth import remember_authorization
 from .forms import ConfirmLogoutForm, ConsentForm
 
@@ -308,8 +308,7 @@ def _committing(response):
 
 @bp.post("/oauth/token")
 def token():
-    with throttle.limit("TOKEN_RATE_LIMIT", throttle.requesting_client_id()):
-        response = _committing(_server().create_token_response())
+    response = _committing(_server().create_token_response())
     outcome = "issued"
     if response.status_code >= 400:
         outcome = (response.get_json(silent=True) or {}).get("error", "error")
@@ -366,19 +365,18 @@ def userinfo():
 
 @bp.post("/oauth/introspect")
 def introspect():
-    with throttle.limit("INTROSPECTION_RATE_LIMIT", throttle.requesting_client_id()):
-        form = _urlencoded()
-        if form is REPEATED:  # which token would be meant? (Authlib takes the first)
-            response = make_response(error_response(
-                400, "A parameter was sent more than once.", "invalid_request"))
-            response.headers["Cache-Control"] = "no-store"
-            return response
-        body = None if form is None else introspection.answer(
-            form, request.headers.get("Authorization"), keys=services().keys,
-            issuer=config()["ISSUER"], now=now())
-        if body is not None:
-            return _json(body)
-        response = _server().create_endpoint_response("introspection")
+    form = _urlencoded()
+    if form is REPEATED:  # which token would be meant? (Authlib takes the first)
+        response = make_response(error_response(
+            400, "A parameter was sent more than once.", "invalid_request"))
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    body = None if form is None else introspection.answer(
+        form, request.headers.get("Authorization"), keys=services().keys,
+        issuer=config()["ISSUER"], now=now())
+    if body is not None:
+        return _json(body)
+    response = _server().create_endpoint_response("introspection")
     response.headers["Cache-Control"] = "no-store"
     return _committing(response)
 

@@ -219,23 +219,22 @@ def keyed(world, signing_key) -> Machine:
 def test_private_key_jwt_authenticates_at_token_introspection_and_revocation(
         world, keyed, signing_key):
     assert keyed.secret is None
-    for aud in (world.token_url, world.base):
-        response = world.token(assertion=assertion_for(keyed.client_id, signing_key, aud))
-        assert response.status_code == 200, response.text
+    response = world.token(assertion=assertion_for(keyed.client_id, signing_key, world.base))
+    assert response.status_code == 200, response.text
     token = response.json()["access_token"]
     assert claims_of(token)["sub"] == keyed.client_id
-    seen = world.introspect(token, assertion=assertion_for(
-        keyed.client_id, signing_key, f"{world.base}/oauth/introspect"))
+    seen = world.introspect(token, assertion=assertion_for(keyed.client_id, signing_key,
+                                                           world.base))
     assert seen.status_code == 200 and seen.json()["active"] is True
     assert seen.json()["sub"] == keyed.client_id
     seen = world.introspect(token, assertion=assertion_for(keyed.client_id, signing_key,
-                                                           world.token_url))
+                                                           world.base))
     assert seen.json()["active"] is True
     revoked = world.revoke(token, assertion=assertion_for(keyed.client_id, signing_key,
-                                                          world.token_url))
+                                                          world.base))
     assert revoked.status_code == 200
     assert world.introspect(token, assertion=assertion_for(
-        keyed.client_id, signing_key, world.token_url)).json() == INACTIVE
+        keyed.client_id, signing_key, world.base)).json() == INACTIVE
     # A client registered with keys has no secret to fall back on.
     by_secret = world.http.post(world.token_url, data={"grant_type": "client_credentials"},
                                 auth=(keyed.client_id, "anything"))
@@ -243,7 +242,7 @@ def test_private_key_jwt_authenticates_at_token_introspection_and_revocation(
 
 
 def test_an_assertion_is_accepted_once(world, keyed, signing_key):
-    once = assertion_for(keyed.client_id, signing_key, world.token_url)
+    once = assertion_for(keyed.client_id, signing_key, world.base)
     first = world.token(assertion=once)
     assert first.status_code == 200
     replay = world.token(assertion=once)
@@ -256,7 +255,7 @@ def test_an_assertion_is_accepted_once(world, keyed, signing_key):
 def test_an_assertion_presented_in_a_refused_request_cannot_be_replayed(world, keyed, signing_key):
     """RFC 7523 §3 item 7: the jti is remembered once the assertion was accepted, even
     when the request it authenticated then failed (here: a user scope refused)."""
-    once = assertion_for(keyed.client_id, signing_key, world.token_url)
+    once = assertion_for(keyed.client_id, signing_key, world.base)
     refused = world.token(assertion=once, scope="openid")
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_scope"
     replay = world.token(assertion=once)
@@ -267,7 +266,7 @@ def test_bad_assertions_are_refused(world, keyed, signing_key, stranger_key, mak
     other = world.register("other batch", client_credentials=True,
                            jwks={"keys": [stranger_key.as_dict(private=False)]})
     now = int(time.time())
-    plain = {"iss": keyed.client_id, "sub": keyed.client_id, "aud": world.token_url,
+    plain = {"iss": keyed.client_id, "sub": keyed.client_id, "aud": world.base,
              "exp": now + 60}
     public_n = signing_key.as_dict(private=False)["n"].encode()
     candidates = {
@@ -277,16 +276,27 @@ def test_bad_assertions_are_refused(world, keyed, signing_key, stranger_key, mak
                                            json.dumps(signing_key.as_dict(private=False)).encode()),
         "wrong aud": assertion_for(keyed.client_id, signing_key, "https://elsewhere.example/token"),
         "userinfo as aud": assertion_for(keyed.client_id, signing_key, f"{world.base}/userinfo"),
-        "expired": assertion_for(keyed.client_id, signing_key, world.token_url, exp=now - 120),
-        "no exp": assertion_for(keyed.client_id, signing_key, world.token_url, exp=None),
-        "no jti": assertion_for(keyed.client_id, signing_key, world.token_url, jti=None),
-        "iss differs from sub": assertion_for(keyed.client_id, signing_key, world.token_url,
+        # An endpoint URL as audience: what audience-injection attacks replay (2025).
+        "token endpoint as aud": assertion_for(keyed.client_id, signing_key, world.token_url),
+        "lives 100 years": assertion_for(keyed.client_id, signing_key, world.base,
+                                         exp=now + 100 * 365 * 86400),
+        "lives 6 minutes": assertion_for(keyed.client_id, signing_key, world.base, iat=now,
+                                         exp=now + 360),
+        "exp far out of range": assertion_for(keyed.client_id, signing_key, world.base,
+                                              exp=10**13),
+        "exp not a number": assertion_for(keyed.client_id, signing_key, world.base, exp="soon"),
+        "issued in the future": assertion_for(keyed.client_id, signing_key, world.base,
+                                              iat=now + 120, exp=now + 180),
+        "expired": assertion_for(keyed.client_id, signing_key, world.base, exp=now - 120),
+        "no exp": assertion_for(keyed.client_id, signing_key, world.base, exp=None),
+        "no jti": assertion_for(keyed.client_id, signing_key, world.base, jti=None),
+        "iss differs from sub": assertion_for(keyed.client_id, signing_key, world.base,
                                               iss=other.client_id),
-        "unregistered key": assertion_for(keyed.client_id, stranger_key, world.token_url),
-        "another client's key": assertion_for(keyed.client_id, stranger_key, world.token_url,
+        "unregistered key": assertion_for(keyed.client_id, stranger_key, world.base),
+        "another client's key": assertion_for(keyed.client_id, stranger_key, world.base,
                                               kid=None),
-        "names another client": assertion_for(other.client_id, signing_key, world.token_url),
-        "unknown client": assertion_for("no-such-client", signing_key, world.token_url),
+        "names another client": assertion_for(other.client_id, signing_key, world.base),
+        "unknown client": assertion_for("no-such-client", signing_key, world.base),
         "not a JWT": "not-a-jwt",
     }
     for name, value in candidates.items():
@@ -294,22 +304,22 @@ def test_bad_assertions_are_refused(world, keyed, signing_key, stranger_key, mak
         assert refused_client(world.introspect("x", assertion=value)), name
     # A client with a secret cannot switch to assertions it never registered keys for.
     web_app = make_client("Photos", client_credentials=True)
-    foreign = world.token(assertion=assertion_for(web_app.client_id, signing_key, world.token_url))
+    foreign = world.token(assertion=assertion_for(web_app.client_id, signing_key, world.base))
     assert refused_client(foreign)
     # After all that, a good assertion still works.
     assert world.token(assertion=assertion_for(keyed.client_id, signing_key,
-                                               world.token_url)).status_code == 200
+                                               world.base)).status_code == 200
 
 
 def test_a_refused_assertion_answers_401(world, keyed, signing_key):
     """Like every other failed client authentication here (a wrong secret, none at all):
     the README's "401 otherwise" at introspection, and 401 invalid_client for a replay."""
-    once = assertion_for(keyed.client_id, signing_key, world.token_url)
+    once = assertion_for(keyed.client_id, signing_key, world.base)
     assert world.token(assertion=once).status_code == 200
     replay = world.token(assertion=once)
     at_introspection = world.introspect("x", assertion=once)
     forged = world.token(assertion=unsigned({"iss": keyed.client_id, "sub": keyed.client_id,
-                                             "aud": world.token_url, "jti": uuid.uuid4().hex,
+                                             "aud": world.base, "jti": uuid.uuid4().hex,
                                              "exp": int(time.time()) + 60}))
     for response in (replay, at_introspection, forged):
         assert response.json()["error"] == "invalid_client"

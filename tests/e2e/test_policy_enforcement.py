@@ -190,24 +190,26 @@ def race_logins(env: Env, count: int) -> list[httpx.Response | BaseException]:
 
 def test_racing_logins_under_deny_never_exceed_the_limit(make_env):
     env = make_env(max_concurrent_sessions=2, on_concurrent_limit="deny")
-    results = race_logins(env, 8)
+    # Five at once: as many password checks of one account as may be in progress at once
+    # (IDP_LOGIN_MAX_FAILURES); more would be asked to wait a second.
+    results = race_logins(env, 5)
     statuses = sorted(r.status_code for r in results)
-    assert statuses == [303, 303] + [409] * 6, [(r.status_code, r.text[:200]) for r in results]
+    assert statuses == [303, 303] + [409] * 3, [(r.status_code, r.text[:200]) for r in results]
     assert len(env.active_ids(env.ada)) == 2
     assert len(env.rows(env.ada)) == 2  # a refused sign-in leaves no row behind
     for refused in (r for r in results if r.status_code == 409):
         assert "You are signed in on too many devices" in refused.text
-    assert len(env.events("session.denied")) == 6
+    assert len(env.events("session.denied")) == 3
 
 
 def test_racing_logins_under_end_oldest_leave_at_most_the_limit(make_env):
     env = make_env(max_concurrent_sessions=2, on_concurrent_limit="end_oldest")
-    results = race_logins(env, 8)
-    assert [r.status_code for r in results] == [303] * 8, [r.text[:200] for r in results]
+    results = race_logins(env, 5)
+    assert [r.status_code for r in results] == [303] * 5, [r.text[:200] for r in results]
     rows = env.rows(env.ada)
-    assert len(rows) == 8
+    assert len(rows) == 5
     assert len([s for s in rows if s.ended_at is None]) == 2
-    assert sorted(s.end_reason or "" for s in rows) == [""] * 2 + ["evicted_concurrent"] * 6
+    assert sorted(s.end_reason or "" for s in rows) == [""] * 2 + ["evicted_concurrent"] * 3
 
 
 def test_deny_page_lists_the_sessions_and_ending_one_lets_the_login_through(make_env, clock):
@@ -557,7 +559,7 @@ def test_sweep_expires_revokes_and_purges(make_env, clock, monkeypatch, capsys):
     monkeypatch.setattr(cli, "_app", lambda: env.app)
     capsys.readouterr()
     cli.main(["sweep", "--json"])
-    assert json.loads(capsys.readouterr().out) == {"expired": 2, "purged": 1}
+    assert json.loads(capsys.readouterr().out) == {"expired": 2, "purged": 1, "spent": 0}
 
     with env.app.app_context():
         rows = {s.id: s for s in db.session.scalars(sa.select(LoginSession))}

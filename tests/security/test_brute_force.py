@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from idp import create_app
-from idp.models import User, db
+from idp.models import LoginSession, User, db
 from tests.conftest import PASSWORD, redis_up
 from tests.security.conftest import ADA, Browser, audit_events, csrf_of, read, text_of
 
@@ -181,22 +181,50 @@ def test_the_per_ip_limit_caps_guessing_across_accounts(settings, clock, backend
             db.engine.dispose()
 
 
-def test_guessing_a_client_secret_is_rate_limited_per_client(settings, clock, backend, party):
-    limited = create_app({**settings, "TOKEN_RATE_LIMIT": "5 per minute",
-                          "INTROSPECTION_RATE_LIMIT": "5 per minute"}, clock=clock)
+def test_guessing_a_client_secret_is_limited_but_never_locks_the_client_out(settings, clock,
+                                                                           backend, party):
+    """Failed client authentications count against the claimed client id and against the
+    caller's IP: past either limit a failure answers 429 (JSON, Retry-After) instead of
+    401. The client itself, authenticating with its secret, is never refused: nobody can
+    spend another client's budget by claiming its public id."""
+    limited = create_app({**settings, "CLIENT_AUTH_FAILURES_PER_CLIENT": "5 per minute",
+                          "CLIENT_AUTH_FAILURES_PER_IP": "1000 per minute"}, clock=clock)
     try:
-        victim, other = party("Photos"), party("Mail")
-        http = limited.test_client()
-        for path, data in (("/oauth/token", {"grant_type": "client_credentials"}),
-                           ("/oauth/introspect", {"token": "x"})):
-            statuses = [http.post(path, data=data, auth=(victim.client_id, f"guess-{i}")).status_code
+        other = party("Mail")
+        guesser, owner = limited.test_client(), limited.test_client()
+        for path, data, victim in (
+                ("/oauth/token", {"grant_type": "client_credentials"}, party("Photos")),
+                ("/oauth/introspect", {"token": "x"}, party("Calendar"))):
+            statuses = [guesser.post(path, data=data, auth=(victim.client_id, f"guess-{i}"),
+                                     environ_base={"REMOTE_ADDR": f"198.51.100.{i}"}).status_code
                         for i in range(7)]
-            assert statuses[:5] == [401] * 5, (path, statuses)
-            assert statuses[5:] == [429, 429], (path, statuses)
-            blocked = http.post(path, data=data, auth=(victim.client_id, "guess"))
+            assert statuses == [401] * 5 + [429] * 2, (path, statuses)
+            blocked = guesser.post(path, data=data, auth=(victim.client_id, "guess"))
             assert blocked.mimetype == "application/json" and int(blocked.headers["Retry-After"]) > 0
-            # Other clients are not locked out by someone guessing at the victim.
-            assert http.post(path, data=data, auth=(other.client_id, "x")).status_code == 401
+            assert blocked.get_json()["error"] == "slow_down"
+            # The victim, with its secret, is served; other clients are not touched.
+            served = owner.post("/oauth/introspect", data={"token": "x"}, auth=victim.auth)
+            assert served.status_code == 200 and served.get_json() == {"active": False}
+            assert guesser.post(path, data=data, auth=(other.client_id, "x")).status_code == 401
+    finally:
+        with limited.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def test_one_ip_failing_client_authentication_is_limited_across_client_ids(settings, clock,
+                                                                           backend, party):
+    victim = party("Photos")
+    limited = create_app({**settings, "CLIENT_AUTH_FAILURES_PER_IP": "3 per minute"},
+                         clock=clock)
+    try:
+        http = limited.test_client()
+        statuses = [http.post("/oauth/introspect", data={"token": "x"},
+                              auth=(f"random-{i}", "x")).status_code for i in range(5)]
+        assert statuses == [401, 401, 401, 429, 429]
+        # A client that authenticates from that IP is still served.
+        served = http.post("/oauth/introspect", data={"token": "x"}, auth=victim.auth)
+        assert served.status_code == 200
     finally:
         with limited.app_context():
             db.session.remove()
@@ -205,7 +233,7 @@ def test_guessing_a_client_secret_is_rate_limited_per_client(settings, clock, ba
 
 def test_an_unreachable_rate_limit_store_falls_back_to_local_limits(settings, clock, backend, ada):
     """IDP_RATELIMIT_STORAGE_URI=redis://… shares counters between nodes; when Redis is down
-    sign-in keeps working and each node still throttles on its own in-memory counters."""
+    sign-in keeps working and each node still throttles on its own node store."""
     app = create_app({**settings, "RATELIMIT_STORAGE_URI": "redis://127.0.0.1:1/0"}, clock=clock)
     try:
         assert Browser(app, remote_addr="192.0.2.77").login(ADA).status_code == 303
@@ -263,9 +291,9 @@ def test_two_nodes_share_request_limits_counted_locally_between_syncs(settings, 
 
         def introspect(http):
             return http.post("/oauth/introspect", data={"token": "x"},
-                             auth=(victim.client_id, "guess")).status_code
+                             auth=victim.auth).status_code
 
-        assert [introspect(a) for _ in range(6)] == [401] * 6
+        assert [introspect(a) for _ in range(6)] == [200] * 6
         assert _shared_count(victim.client_id) == 1  # the first request synced; five counted here
         assert introspect(a) == 429  # the estimate passed the limit: synced, refused
         assert _shared_count(victim.client_id) == 7
@@ -281,13 +309,52 @@ def test_two_nodes_share_request_limits_counted_locally_between_syncs(settings, 
 def test_a_sync_interval_of_zero_counts_every_request_in_redis(settings, clock, backend, party):
     victim = party("Photos")
     node = create_app({**settings, "REDIS_URL": "redis://127.0.0.1:6379/14",
-                       "RATE_LIMIT_SYNC": "0"}, clock=clock)
+                       "INTROSPECTION_RATE_LIMIT": "100 per minute", "RATE_LIMIT_SYNC": "0"},
+                      clock=clock)
     try:
         http = node.test_client()
         for _ in range(3):
-            http.post("/oauth/introspect", data={"token": "x"}, auth=(victim.client_id, "guess"))
+            http.post("/oauth/introspect", data={"token": "x"}, auth=victim.auth)
         assert _shared_count(victim.client_id) == 3
     finally:
         with node.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+def change_password(browser: Browser, current: str):
+    page = browser.get("/account/password")
+    return browser.post("/account/password", data={
+        "csrf_token": csrf_of(page), "current": current, "new": "a brand new passphrase",
+        "confirm": "a brand new passphrase"})
+
+
+def test_guessing_the_current_password_locks_like_sign_in_and_ends_that_session(strict):
+    """A stolen cookie is no password oracle: the current-password check on
+    /account/password counts on the account's lockout (shared with sign-in); the guess
+    that reaches the limit ends the session that sent it, and the account is locked for
+    the right password too, at the sign-in form as well."""
+    thief = Browser(strict)
+    thief.login("bob@example.com")
+    sid = thief.sid
+    first = change_password(thief, "guess one")
+    assert first.status_code == 400 and "The current password is not right." in text_of(first)
+    second = change_password(thief, "guess two")
+    assert second.status_code == 303 and second.headers["Location"] == "/login"
+    assert read(strict, lambda: db.session.get(LoginSession, sid).end_reason) == "locked_out"
+    assert thief.get("/account/sessions").status_code == 303
+    assert "Too many wrong passwords" in text_of(thief.get("/login"))
+    locked = attempt(Browser(strict), "bob@example.com", PASSWORD)
+    assert locked.status_code == 429 and "Try again in 15 minutes" in text_of(locked)
+    events = audit_events(strict, "password.change_failed")
+    assert [e.detail.get("locked") for e in events] == [None, True]
+
+
+def test_a_locked_account_refuses_the_current_password_check_too(strict):
+    owner = Browser(strict)
+    owner.login("bob@example.com")
+    for _ in range(2):
+        attempt(Browser(strict), "bob@example.com")
+    refused = change_password(owner, PASSWORD)
+    assert refused.status_code == 400 and "Too many wrong passwords" in text_of(refused)
+    assert owner.get("/account/sessions").status_code == 200  # not ended: it guessed nothing

@@ -206,7 +206,7 @@ def batch(party):
 
 def assertion_claims(client_id: str, **extra) -> dict:
     now = int(time.time())
-    return {"iss": client_id, "sub": client_id, "aud": "http://127.0.0.1:5000/oauth/token",
+    return {"iss": client_id, "sub": client_id, "aud": "http://127.0.0.1:5000",
             "iat": now, "exp": now + 60, "jti": str(uuid.uuid4()), **extra}
 
 
@@ -226,6 +226,20 @@ def test_a_genuine_client_assertion_works_once(batch):
     assert replay.status_code == 401 and replay.get_json()["error"] == "invalid_client"
 
 
+def test_a_client_id_beside_an_assertion_must_name_its_subject(batch, party):
+    """An assertion's client is its ``sub``: a ``client_id`` naming another client is
+    refused (and the assertion is not spent by the refusal)."""
+    other = party("Other batch", client_credentials=True)
+    assertion = jwt.encode(assertion_claims(batch.client_id), CLIENT_KEY, algorithm="RS256",
+                           headers={"kid": "client-1"})
+    refused = batch.http.post("/oauth/token", data={
+        "grant_type": "client_credentials", "client_id": other.client_id,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion})
+    assert refused.status_code == 401 and refused.get_json()["error"] == "invalid_client"
+    assert present(batch, assertion).status_code == 200
+
+
 def test_forged_client_assertions_are_refused_with_invalid_client(batch):
     genuine = jwt.encode(assertion_claims(batch.client_id), CLIENT_KEY, algorithm="RS256",
                          headers={"kid": "client-1"})
@@ -235,6 +249,10 @@ def test_forged_client_assertions_are_refused_with_invalid_client(batch):
     for name, claims in {
         "expired": assertion_claims(batch.client_id, iat=now - 600, exp=now - 300),
         "wrong audience": assertion_claims(batch.client_id, aud="https://evil.example/token"),
+        "the token endpoint as audience": assertion_claims(
+            batch.client_id, aud="http://127.0.0.1:5000/oauth/token"),
+        "a 100-year assertion": assertion_claims(batch.client_id, exp=now + 100 * 365 * 86400),
+        "exp out of any range": assertion_claims(batch.client_id, exp=10**13),
         "iss is not sub": assertion_claims(batch.client_id, iss="someone-else"),
         "sub is another client": assertion_claims(batch.client_id, sub="another-client"),
         "no jti": {k: v for k, v in assertion_claims(batch.client_id).items() if k != "jti"},

@@ -179,7 +179,8 @@ def change_password(w: World) -> None:
     def work():
         return credentials.change_password(
             w.user(), current=PASSWORD, new=NEW_PASSWORD, confirm=NEW_PASSWORD,
-            hasher=w.services.passwords, keep=db.session.get(LoginSession, elsewhere.sid),
+            hasher=w.services.passwords, lockout=w.app.extensions["idp"].lockout,
+            keep=db.session.get(LoginSession, elsewhere.sid),
             now=w.clock.now(), ip="127.0.0.1")
 
     assert [s.id for s in w.do(work)] == [w.sid]

@@ -1,14 +1,18 @@
-"""Request-rate limits over a shared store, counted locally between syncs (``SharedCounts``):
-what reaches the store, when, and what is refused. A fake store stands in for Redis (the
-two-node tests in tests/security/test_brute_force.py use the real one)."""
+"""The shared counters: the node store every worker of a node shares (exact under
+concurrent processes, windows that expire, nothing per process), and request-rate limits
+over Redis counted locally between syncs (``SharedCounts``: what reaches the store, when,
+and what is refused; a fake store stands in for Redis here, the two-node tests in
+tests/security/test_brute_force.py use the real one)."""
 
 from __future__ import annotations
+
+import multiprocessing
 
 import pytest
 from limits import parse
 
-from idp.web import throttle
-from idp.web.throttle import SharedCounts
+from idp import counters
+from idp.counters import NodeStore, SharedCounts
 
 
 class Store:
@@ -28,7 +32,7 @@ class Store:
 @pytest.fixture
 def clock(monkeypatch):
     now = [1000.0]
-    monkeypatch.setattr(throttle.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(counters.time, "monotonic", lambda: now[0])
     return now
 
 
@@ -76,3 +80,43 @@ def test_idle_keys_are_forgotten_once_many_have_piled_up(clock):
     clock[0] += 61
     counts.hit(LIMIT, "ip:new")
     assert set(counts.counts) == {LIMIT.key_for("ip:busy"), LIMIT.key_for("ip:new")}
+
+
+# -- the node store ---------------------------------------------------------------------------
+
+
+def _add_many(path: str, key: str, times: int) -> None:
+    store = NodeStore(path)
+    for _ in range(times):
+        store.incr(key, 60)
+
+
+def test_workers_of_a_node_count_on_one_store_and_lose_nothing(tmp_path):
+    """Four processes (as four gunicorn workers) adding at once: every count arrives."""
+    path = str(tmp_path / "counters.db")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_add_many, args=(path, "k", 250)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    assert NodeStore(path).get("k") == 1000
+
+
+def test_a_window_expires_and_starts_afresh(tmp_path, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(counters.time, "time", lambda: now[0])
+    store = NodeStore(tmp_path / "counters.db")
+    assert [store.incr("k", 10) for _ in range(3)] == [1, 2, 3]
+    assert store.get_expiry("k") == 1010.0
+    now[0] = 1009.9
+    assert store.get("k") == 3
+    now[0] = 1010.0
+    assert store.get("k") == 0
+    assert store.incr("k", 10) == 1 and store.get_expiry("k") == 1020.0
+    assert store.incr("k", 10, amount=-1) == 0
+    store.incr("other", 10)
+    store.clear("k")
+    assert store.get("k") == 0 and store.get("other") == 1
+    assert store.reset() == 1 and store.get("other") == 0
