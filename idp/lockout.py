@@ -67,13 +67,13 @@ class Lockout:
 
     def failed(self, email: str, attempt: Attempt) -> bool:
         """The password was wrong: the reservation stays, as a failure, and from
-        ``delay_after`` failures on the next attempt waits 2^(n - delay_after) seconds.
+        ``delay_after`` failures on the next attempt waits 2^(failures - delay_after) s.
         True when this failure reached the limit (the account is now locked)."""
         _reserved, failures, delay = self._keys(email)
         count = self.store.incr(failures, self.window)
-        if self.delay_after <= attempt.number < self.max_failures:
+        if self.delay_after <= count < self.max_failures:
             self.store.forget(delay)
-            self.store.incr(delay, 2 ** (attempt.number - self.delay_after))
+            self.store.incr(delay, 2 ** (count - self.delay_after))
         return count >= self.max_failures
 
     def succeeded(self, email: str) -> None:

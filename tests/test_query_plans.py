@@ -110,7 +110,7 @@ SEED = [
        SELECT 'bulk-s-' || g, :client_id, 'bulk-sub-' || g, 'http://127.0.0.1:9/bc',
               :now - interval '2 days', :now - interval '2 days', 1, 200,
               :now - interval '2 days'
-       FROM generate_series(1, {SESSIONS // 4}) g""",
+       FROM generate_series(1, {SESSIONS}) g""",
     """INSERT INTO logout_attempts (delivery_id, at, status, duration_ms)
        SELECT id, created_at, 200, 12 FROM logout_deliveries""",
     f"""INSERT INTO revoked_access_tokens (jti, family_id, expires_at, revoked_at)
@@ -120,13 +120,13 @@ SEED = [
        SELECT id, :client_id, 'openid', :now FROM users WHERE sub LIKE 'bulk-sub-%'""",
     f"""INSERT INTO used_assertions (key, expires_at)
        SELECT 'bulk-a-' || g, :now + (g % 600) * interval '1 second'
-       FROM generate_series(1, {USERS}) g""",
+       FROM generate_series(1, {SESSIONS}) g""",
     f"""INSERT INTO device_codes (id, secret_hash, user_code, client_id, scope, created_at,
            expires_at, interval, ip, user_agent, approved, decided_at, used_at)
        SELECT 'bulk-d-' || g, md5(g::text) || md5(g::text), 'BULK-' || g, :client_id, 'openid',
               :now - interval '1 day', :now - interval '23 hours', 5, '203.0.113.7', '', true,
               :now - interval '1 day', :now - interval '1 day'
-       FROM generate_series(1, {USERS}) g""",
+       FROM generate_series(1, {SESSIONS}) g""",
 ]
 
 
