@@ -213,11 +213,12 @@ class SharedCounts:
 
 
 class Limited(Exception):
-    """Over a limit: the caller answers 429 with ``Retry-After: retry_after``."""
+    """Over the limit ``name``: the caller answers 429 with ``Retry-After: retry_after``."""
 
-    def __init__(self, retry_after: int):
-        super().__init__(f"over a limit; retry after {retry_after} s")
+    def __init__(self, retry_after: int, name: str = "other"):
+        super().__init__(f"over {name}; retry after {retry_after} s")
         self.retry_after = retry_after
+        self.name = name
 
 
 class Limits:
@@ -257,7 +258,7 @@ class Limits:
             if self.strategy.add(item, (name, key), 1) > item.amount:
                 for undo in taken:  # a refusal is not an attempt
                     self.strategy.add(undo, (name, key), -1)
-                raise Limited(self._retry_after(item, name, key))
+                raise Limited(self._retry_after(item, name, key), name)
 
     def release(self, name: str, key: str) -> None:
         for item in self.items(name):
@@ -272,4 +273,4 @@ class Limits:
     def hit(self, name: str, key: str) -> None:
         for item in self.items(name):
             if not self.batched.hit(item, name, key):
-                raise Limited(self._retry_after(item, name, key))
+                raise Limited(self._retry_after(item, name, key), name)

@@ -19,3 +19,8 @@ TOKENS = Counter(
     "Token endpoint answers: issued, or refused with the OAuth error code",
     ["grant_type", "outcome"],
 )
+LIMITED = Counter(
+    "idp_limit_refusals_total",
+    "Requests answered 429 by a limit (the setting's name, e.g. CLIENT_AUTH_FAILURES_PER_IP)",
+    ["limit"],
+)

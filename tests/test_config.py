@@ -91,6 +91,23 @@ def test_a_junk_integer_names_the_variable():
         load({"IDP_TRUSTED_PROXIES": "two"})
 
 
+def test_counting_in_each_process_apart_is_refused_with_what_to_do():
+    with pytest.raises(ConfigError, match=r"memory:// would count in each worker process apart.*"
+                                          r"Unset it"):
+        load({"IDP_RATELIMIT_STORAGE_URI": "memory://"})
+    assert load({})["RATELIMIT_STORAGE_URI"] == ""  # the node's shared counters file
+    assert load({"IDP_REDIS_URL": "redis://r:6379/0"})["RATELIMIT_STORAGE_URI"] == \
+        "redis://r:6379/0"
+
+
+def test_limits_must_be_rates_and_only_the_operator_caps_may_be_empty():
+    assert load({})["TOKEN_RATE_LIMIT"] == ""
+    with pytest.raises(ConfigError, match="IDP_LOGIN_IP_LIMIT"):
+        load({"IDP_LOGIN_IP_LIMIT": ""})
+    with pytest.raises(ConfigError, match="IDP_CLIENT_AUTH_FAILURES_PER_IP"):
+        load({"IDP_CLIENT_AUTH_FAILURES_PER_IP": "lots"})
+
+
 # -- durations ------------------------------------------------------------------------------
 
 

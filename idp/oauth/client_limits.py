@@ -46,11 +46,11 @@ def unverified_sub(assertion: str) -> str | None:
 def client_authentication_failed(claimed: str) -> None:
     """Count a failed client authentication; past a limit, answer 429 (raises)."""
     limits = services().limits
-    waits = [wait for wait in (limits.failed("CLIENT_AUTH_FAILURES_PER_IP", client_ip()),
-                               limits.failed("CLIENT_AUTH_FAILURES_PER_CLIENT", claimed))
-             if wait is not None]
+    waits = [(wait, name) for name, key in (("CLIENT_AUTH_FAILURES_PER_IP", client_ip()),
+                                            ("CLIENT_AUTH_FAILURES_PER_CLIENT", claimed))
+             if (wait := limits.failed(name, key)) is not None]
     if waits:
-        raise Limited(max(waits))
+        raise Limited(*max(waits))
 
 
 def authenticated(client_id: str, endpoint: str) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from ..counters import Limited
+from ..metrics import LIMITED
 from ..models import db
 
 csrf = CSRFProtect()
@@ -132,6 +133,7 @@ def register(app: Flask) -> None:
     def limited(exc: Limited):
         """Over a limit: 429 in the endpoint's own format, with how long to wait."""
         db.session.rollback()
+        LIMITED.labels(exc.name).inc()
         response = make_response(error_response(429))
         response.headers["Retry-After"] = str(exc.retry_after)
         return response

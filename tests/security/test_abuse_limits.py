@@ -45,6 +45,9 @@ def test_a_device_authorization_flood_is_limited_per_ip_and_per_client(limited, 
     others = [authorize(limited, cli.client_id, f"198.51.100.{i}").status_code
               for i in range(2, 6)]
     assert others == [200, 200, 429, 429]
+    metrics = limited.test_client().get("/metrics").get_data(as_text=True)
+    for name in ("DEVICE_AUTHORIZATIONS_PER_IP", "DEVICE_AUTHORIZATIONS_PER_CLIENT"):
+        assert f'idp_limit_refusals_total{{limit="{name}"}}' in metrics, name
 
 
 def test_guessing_user_codes_is_limited_per_user_and_per_ip(limited, ada, cli):
