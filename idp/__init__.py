@@ -10,7 +10,7 @@ from flask import Flask
 from flask_migrate import Migrate
 
 from . import config as config_module
-from . import counters, devices, passwords, postgres, sqlite
+from . import counters, devices, factors, passwords, postgres, sqlite
 from .clock import Clock
 from .keys import KeyStore
 from .lockout import Lockout
@@ -103,6 +103,7 @@ def _setup_services(app: Flask, settings: dict, clock: Clock) -> None:
         lockout=Lockout(counted, max_failures=settings["LOGIN_MAX_FAILURES"],
                         window=int(settings["LOGIN_LOCKOUT"].total_seconds()),
                         delay_after=settings["LOGIN_DELAY_AFTER"]),
+        sealer=factors.Sealer(app.config["SECRET_KEY"]),
     )
     from .oauth import logout, server
 

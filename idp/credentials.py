@@ -19,9 +19,10 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from . import audit, sessions
+from . import audit, factors, sessions
 from .accounts import MIN_PASSWORD
 from .counters import Limits
+from .factors import Sealer
 from .lockout import Attempt, Lockout
 from .models import EndReason, LoginSession, User, db
 from .passwords import Passwords
@@ -54,6 +55,16 @@ class Throttled(Exception):
         self.attempt = attempt
 
 
+class SecondFactorNeeded(Exception):
+    """The password was right; the user has a second factor, whose code comes next
+    (``complete_second_factor``) under the same credentials ``version``."""
+
+    def __init__(self, user: User, version: int):
+        super().__init__("second factor needed")
+        self.user = user
+        self.version = version
+
+
 class SignInRefused(Exception):
     """Wrong email or password, a disabled user, or credentials changed since the password
     was verified: one answer for all, so nothing tells them apart."""
@@ -75,6 +86,12 @@ def sign_in(email: str, password: str, origin: sessions.Origin, *, now: datetime
                      locked=attempt.locked or None, retry_after=attempt.retry_after)
         raise Throttled(attempt)
     verified = verify(email, password, hasher)
+    if verified is not None and factors.has_second_factor(verified.user):
+        if verified.new_hash:
+            verified.user.password_hash = verified.new_hash
+        lockout.passed(email)
+        limits.release("LOGIN_IP_LIMIT", origin.ip)
+        raise SecondFactorNeeded(verified.user, verified.version)
     if verified is not None:
         try:
             started = sessions.start(verified.user, origin, now=now,
@@ -94,6 +111,47 @@ def sign_in(email: str, password: str, origin: sessions.Origin, *, now: datetime
     audit.record("login.failed", now=now, account_id=user.account_id if user else None,
                  user_id=user.id if user else None, ip=origin.ip, actor="anonymous")
     raise SignInRefused()
+
+
+def complete_second_factor(user_id: int, version: int, code: str, origin: sessions.Origin, *,
+                           now: datetime, lockout: Lockout, limits: Limits, sealer: Sealer,
+                           replacing: LoginSession | None = None) -> sessions.Started:
+    """The second step of a sign-in whose password was right: a code from the user's
+    authenticator app, or a recovery code. Counted like a password (the IP's limit, the
+    account's lockout: wrong codes lock the account as wrong passwords do); the session
+    opens only if the credentials are still the ones the password was verified under.
+    Raises as ``sign_in`` does; the caller commits."""
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise SignInRefused()
+    limits.reserve("LOGIN_IP_LIMIT", origin.ip)
+    attempt = lockout.begin(user.email)
+    if not attempt.allowed:
+        limits.release("LOGIN_IP_LIMIT", origin.ip)
+        audit.record("login.throttled", now=now, ip=origin.ip, actor="anonymous",
+                     locked=attempt.locked or None, retry_after=attempt.retry_after)
+        raise Throttled(attempt)
+    method = factors.check_code(user, code, sealer=sealer, now=now)
+    if method is None:
+        lockout.failed(user.email, attempt)
+        audit.record("login.failed", now=now, account_id=user.account_id, user_id=user.id,
+                     ip=origin.ip, actor="anonymous", step="second_factor")
+        raise SignInRefused()
+    try:
+        started = sessions.start(user, origin, now=now, verified_version=version,
+                                 replacing=replacing, amr=("pwd", "otp", "mfa"))
+    except sessions.CredentialsChanged:
+        db.session.rollback()
+        raise SignInRefused() from None
+    except sessions.SessionLimitReached:
+        _right_password(user.email, origin, lockout, limits)
+        raise
+    if method == "recovery":
+        audit.record("factor.recovery_code_used", now=now, account_id=user.account_id,
+                     user_id=user.id, session_id=started.session.id, ip=origin.ip,
+                     actor=f"user:{user.sub}", left=factors.recovery_codes_left(user))
+    _right_password(user.email, origin, lockout, limits)
+    return started
 
 
 def _right_password(email: str, origin: sessions.Origin, lockout: Lockout,

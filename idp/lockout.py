@@ -76,6 +76,12 @@ class Lockout:
             self.store.incr(delay, 2 ** (count - self.delay_after))
         return count >= self.max_failures
 
+    def passed(self, email: str) -> None:
+        """The password was right but a second factor is still to come: the reservation
+        is given back and the failures stay, so guessing the second factor counts on the
+        same lockout (a right password never clears it)."""
+        self.store.incr(self._keys(email)[0], self.window, -1)
+
     def succeeded(self, email: str) -> None:
         """The right password: the counters start again."""
         self.reset(email)

@@ -359,6 +359,8 @@ class LoginSession(db.Model):
     ended_at: Mapped[datetime | None]
     end_reason: Mapped[str | None] = mapped_column(sa.String(32))
     amr: Mapped[list] = mapped_column(sa.JSON, default=list)
+    #: The last time the user proved who they are in this session (sign-in, or a step-up).
+    authenticated_at: Mapped[datetime | None]
     ip_first: Mapped[str] = mapped_column(sa.String(64))
     ip_last: Mapped[str] = mapped_column(sa.String(64))
     user_agent: Mapped[str] = mapped_column(sa.String(600), default="")
@@ -485,6 +487,38 @@ class Consent(db.Model):
     client_id: Mapped[str] = mapped_column(sa.ForeignKey("clients.client_id"), primary_key=True)
     scope: Mapped[str] = mapped_column(sa.String(500))
     granted_at: Mapped[datetime]
+
+
+class AuthFactor(db.Model):
+    """A second factor of a user: an authenticator app (TOTP, RFC 6238). Its shared secret
+    must be readable to check codes, so it is stored sealed (``factors.Sealer``: encrypted
+    with a key derived from the provider's secret key, which the database never holds).
+    ``confirmed_at`` is empty while enrolment waits for the first code; ``last_step`` is
+    the newest time step accepted, so a code is never accepted twice."""
+
+    __tablename__ = "auth_factors"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    label: Mapped[str] = mapped_column(sa.String(80))
+    secret_sealed: Mapped[str] = mapped_column(sa.String(300))
+    created_at: Mapped[datetime]
+    confirmed_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    last_step: Mapped[int] = mapped_column(default=0)
+
+
+class RecoveryCode(db.Model):
+    """A single-use recovery code, stored as a hash (shown to the user once)."""
+
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    code_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
 
 
 class AuditEvent(db.Model):

@@ -16,6 +16,7 @@ from flask import current_app, g, request
 from . import devices
 from .clock import Clock
 from .counters import Limits
+from .factors import Sealer
 from .keys import KeyStore
 from .lockout import Lockout
 from .passwords import Passwords
@@ -31,6 +32,7 @@ class Services:
     locator: devices.Locator
     limits: Limits  # request and failure limits, on counters every worker shares
     lockout: Lockout  # password guessing per account
+    sealer: Sealer  # second-factor secrets at rest
 
 
 def services() -> Services:

@@ -212,6 +212,7 @@ def start(
         last_active_at=now,
         updated_at=now,
         amr=list(amr),
+        authenticated_at=now,
         ip_first=origin.ip,
         ip_last=origin.ip,
         user_agent=origin.user_agent,
@@ -791,6 +792,18 @@ REASON_TEXT = {
 }
 
 
+def methods_text(amr: Iterable[str] | None) -> str:
+    """How a session signed in, in words (RFC 8176 method names)."""
+    methods = set(amr or ())
+    if methods & {"hwk", "swk"}:
+        return "Passkey" if "pwd" not in methods else "Password and passkey"
+    if "otp" in methods:
+        return "Password and authenticator app"
+    if "pwd" in methods:
+        return "Password"
+    return "Unknown"
+
+
 EVENT_TEXT = {
     "session.started": "Signed in",
     "session.ended": "Session ended",
@@ -799,6 +812,7 @@ EVENT_TEXT = {
     "refresh.reused": "Refresh token reused: that app's access was revoked",
     "code.reused": "Authorization code replayed: that app's access was revoked",
     "token.revoked": "An app gave up a token",
+    "factor.recovery_code_used": "Signed in with a recovery code",
 }
 
 
@@ -827,6 +841,10 @@ class SessionView:
     @property
     def reason_text(self) -> str:
         return REASON_TEXT.get(self.reason, "") if self.reason else ""
+
+    @property
+    def methods_text(self) -> str:
+        return methods_text(self.session.amr)
 
     @property
     def active_apps(self) -> list[AppGrant]:

@@ -93,7 +93,7 @@ def save_code(
             nonce=nonce,
             code_challenge=code_challenge,
             code_challenge_method=code_challenge_method,
-            auth_time=session.created_at,
+            auth_time=session.authenticated_at or session.created_at,
             amr=list(session.amr or []),
             created_at=now,
             expires_at=now + lifetime,

@@ -6,11 +6,11 @@ from functools import wraps
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 
-from .. import credentials, sessions
+from .. import credentials, factors, sessions
 from ..models import EndReason, db
 from ..runtime import client_ip, config, now, services
 from . import current
-from .forms import ActionForm, PasswordForm
+from .forms import ActionForm, CodeForm, PasswordForm
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 
@@ -218,3 +218,60 @@ def change_password():
     db.session.commit()
     return render_template("account/password.html", form=form, error=error), (
         400 if error else 200)
+
+
+# -- second factors ---------------------------------------------------------------------
+
+
+@bp.get("/security")
+@login_required
+def security():
+    """The user's second factors and recovery codes."""
+    enrolled = factors.confirmed(g.user)
+    left = factors.recovery_codes_left(g.user)
+    db.session.commit()
+    return render_template("account/security.html", factors=enrolled, recovery_left=left,
+                           form=ActionForm(), now=now())
+
+
+@bp.post("/security/totp")
+@login_required
+def start_totp():
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    started = factors.start_totp(g.user, issuer_name=_issuer_name(), sealer=services().sealer,
+                                 now=now())
+    db.session.commit()
+    return redirect(url_for("account.confirm_totp", factor_id=started.factor_id), 303)
+
+
+@bp.route("/security/totp/<factor_id>", methods=["GET", "POST"])
+@login_required
+def confirm_totp(factor_id: str):
+    """Scan the QR code (or type the key), then prove it with the app's first code; the
+    recovery codes are shown once, on the answer."""
+    enrolment = factors.enrolment(g.user, factor_id, issuer_name=_issuer_name(),
+                                  sealer=services().sealer)
+    if enrolment is None:
+        abort(404)
+    form = CodeForm()
+    error = None
+    if form.validate_on_submit():
+        codes = factors.confirm_totp(g.user, factor_id, form.code.data,
+                                     sealer=services().sealer, now=now(), ip=client_ip())
+        if codes is not None:
+            db.session.commit()
+            return render_template("account/recovery_codes.html", codes=codes)
+        error = "That code is not right. Enter the code your app shows now."
+    elif form.is_submitted():
+        error = "Enter the 6-digit code your app shows."
+    db.session.commit()
+    return render_template("account/totp.html", enrolment=enrolment, form=form,
+                           error=error), 400 if error else 200
+
+
+def _issuer_name() -> str:
+    """What authenticator apps show above the code: the issuer's host."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(config()["ISSUER"]).hostname or "Identity"

@@ -20,13 +20,15 @@ from .. import credentials, sessions
 from ..models import EndReason, LoginSession, db
 from ..runtime import client_ip, now, origin, services
 from . import current
-from .forms import ActionForm, LoginForm
+from .forms import ActionForm, CodeForm, LoginForm
 
 bp = Blueprint("auth", __name__)
 
 PENDING = "pending_authorize"
 LIMIT = "limit_reached"
 LIMIT_WINDOW = 300
+SECOND_FACTOR = "second_factor"
+SECOND_FACTOR_WINDOW = 300  # seconds between a right password and its second factor
 
 
 def remember_authorization(query: str) -> None:
@@ -93,35 +95,83 @@ def login():
         started = credentials.sign_in(email, form.password.data, origin(), now=now(),
                                       hasher=services().passwords, lockout=services().lockout,
                                       limits=services().limits, replacing=live)
-    except credentials.Throttled as throttled:
+    except credentials.SecondFactorNeeded as needed:
         db.session.commit()
-        attempt = throttled.attempt
-        message = (
-            f"Too many failed attempts. Try again in {_minutes(attempt.retry_after)}."
-            if attempt.locked else
-            f"Too many failed attempts. Wait {attempt.retry_after} seconds and try again."
-        )
-        response = current_app.make_response(
-            (render_template("login.html", form=form, error=message), 429))
-        response.headers["Retry-After"] = str(attempt.retry_after)
-        return response
+        session[SECOND_FACTOR] = {"user": needed.user.id, "version": needed.version,
+                                  "until": int(now().timestamp()) + SECOND_FACTOR_WINDOW}
+        return redirect(url_for("auth.second_factor"), 303)
     except credentials.SignInRefused:
         db.session.commit()
         return render_template(
             "login.html", form=form, error="Incorrect email or password."
         ), 401
-    except sessions.SessionLimitReached as limit:
-        db.session.commit()
+    except (credentials.Throttled, sessions.SessionLimitReached) as refused:
+        return _refused(refused, "login.html", form)
+    return _signed_in(started, pending, after)
+
+
+def _refused(refused: Exception, template: str, form):
+    """A throttled attempt, or a sign-in past the concurrent-session limit."""
+    db.session.commit()
+    if isinstance(refused, sessions.SessionLimitReached):
         # The password was right: for a few minutes this browser may end one of the
         # sessions listed, then sign in again.
-        session[LIMIT] = {"user": limit.user.id, "until": int(now().timestamp()) + LIMIT_WINDOW}
-        return render_template("limit.html", sessions=limit.active, user=limit.user,
+        session.pop(SECOND_FACTOR, None)
+        session[LIMIT] = {"user": refused.user.id,
+                          "until": int(now().timestamp()) + LIMIT_WINDOW}
+        return render_template("limit.html", sessions=refused.active, user=refused.user,
                                form=ActionForm(), now=now()), 409
+    attempt = refused.attempt
+    message = (
+        f"Too many failed attempts. Try again in {_minutes(attempt.retry_after)}."
+        if attempt.locked else
+        f"Too many failed attempts. Wait {attempt.retry_after} seconds and try again."
+    )
+    response = current_app.make_response(
+        (render_template(template, form=form, error=message), 429))
+    response.headers["Retry-After"] = str(attempt.retry_after)
+    return response
+
+
+def _signed_in(started: sessions.Started, pending: str | None, after: dict | None):
     db.session.commit()
     session.clear()  # no session fixation: every pre-login browser value goes
     response = redirect(_resume_target(pending, after), 303)
     current.set_cookie(response, started.cookie, started.session)
     return response
+
+
+@bp.route("/login/code", methods=["GET", "POST"])
+def second_factor():
+    """The second step of a sign-in: a code from the authenticator app, or a recovery
+    code. Only after a right password in this browser, for a few minutes."""
+    pending, after = session.get(PENDING), session.get("after_login")
+    g.form_action = _form_action_for(pending)
+    waiting = session.get(SECOND_FACTOR)
+    form = CodeForm()
+    if not waiting or waiting["until"] < now().timestamp():
+        session.pop(SECOND_FACTOR, None)
+        flash("Your sign-in took too long. Enter your email and password again.", "info")
+        return redirect(url_for("auth.login"), 303)
+    if not form.is_submitted():
+        db.session.commit()
+        return render_template("login_code.html", form=form, error=None)
+    if not form.validate():
+        return render_template("login_code.html", form=form,
+                               error="Enter the 6-digit code, or a recovery code."), 400
+    live = current.login_session()
+    try:
+        started = credentials.complete_second_factor(
+            waiting["user"], waiting["version"], form.code.data, origin(), now=now(),
+            lockout=services().lockout, limits=services().limits, sealer=services().sealer,
+            replacing=live)
+    except credentials.SignInRefused:
+        db.session.commit()
+        return render_template("login_code.html", form=form,
+                               error="That code is not right. Try the newest one."), 401
+    except (credentials.Throttled, sessions.SessionLimitReached) as refused:
+        return _refused(refused, "login_code.html", form)
+    return _signed_in(started, pending, after)
 
 
 def _minutes(seconds: int) -> str:

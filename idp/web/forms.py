@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, HiddenField, PasswordField, SubmitField
+from wtforms import EmailField, HiddenField, PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, Length
 
 
@@ -34,3 +34,10 @@ class PasswordForm(FlaskForm):
     new = PasswordField("New password", validators=[DataRequired(), Length(max=1024)])
     confirm = PasswordField("New password again", validators=[DataRequired(), Length(max=1024)])
     submit = SubmitField("Change password")
+
+
+class CodeForm(FlaskForm):
+    """A second factor: a 6-digit code, or a recovery code (``abcd-efgh-ij``)."""
+
+    code = StringField("Code", validators=[DataRequired(), Length(max=20)])
+    submit = SubmitField("Continue")
