@@ -154,6 +154,32 @@ def complete_second_factor(user_id: int, version: int, code: str, origin: sessio
     return started
 
 
+def reauthenticate(session: LoginSession, password: str, code: str | None, *, mfa: bool,
+                   now: datetime, ip: str, hasher: Passwords, lockout: Lockout,
+                   limits: Limits, sealer: Sealer) -> None:
+    """Prove again, in the same session, who its user is: the password, and a second
+    factor's code when ``mfa``. Counted like a sign-in (``Throttled``; a wrong answer is
+    ``SignInRefused``, counted and audited). The session keeps its id; its methods and
+    last authentication change. The caller commits."""
+    user = session.user
+    limits.reserve("LOGIN_IP_LIMIT", ip)
+    attempt = lockout.begin(user.email)
+    if not attempt.allowed:
+        limits.release("LOGIN_IP_LIMIT", ip)
+        raise Throttled(attempt)
+    ok, _ = hasher.verify(user.password_hash, password)
+    if ok and mfa:
+        ok = factors.check_code(user, code or "", sealer=sealer, now=now) is not None
+    if not ok:
+        lockout.failed(user.email, attempt)
+        audit.record("login.failed", now=now, account_id=user.account_id, user_id=user.id,
+                     session_id=session.id, ip=ip, actor=f"user:{user.sub}", step="reauthenticate")
+        raise SignInRefused()
+    sessions.reauthenticated(session, ("pwd", "otp", "mfa") if mfa else ("pwd",), now=now, ip=ip)
+    lockout.succeeded(user.email)
+    limits.release("LOGIN_IP_LIMIT", ip)
+
+
 def _right_password(email: str, origin: sessions.Origin, lockout: Lockout,
                     limits: Limits) -> None:
     lockout.succeeded(email)

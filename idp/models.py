@@ -188,6 +188,16 @@ class HotQuery:
         return compiled.string, names, binds, processors
 
 
+#: Authentication context classes (``acr``) this provider achieves, weakest first: a
+#: password alone, or a password and a second factor (``step_up`` forces the latter).
+ACR_PASSWORD, ACR_MFA = "pwd", "mfa"
+
+
+def acr_of(amr) -> str:
+    """The class a session's methods (RFC 8176 ``amr``) achieve."""
+    return ACR_MFA if "mfa" in (amr or ()) else ACR_PASSWORD
+
+
 class Role(enum.StrEnum):
     OWNER = "owner"
     ADMIN = "admin"
@@ -471,8 +481,8 @@ class AuthorizationCode(db.Model):
     def get_auth_time(self) -> int:
         return int(self.auth_time.timestamp())
 
-    def get_acr(self) -> None:
-        return None
+    def get_acr(self) -> str:
+        return acr_of(self.amr)
 
     def get_amr(self) -> list:
         return list(self.amr or [])

@@ -258,6 +258,18 @@ def check(session: LoginSession, now: datetime) -> EndReason | None:
     return reason
 
 
+def reauthenticated(session: LoginSession, methods: Iterable[str], *, now: datetime,
+                    ip: str | None = None) -> None:
+    """The user proved again who they are in this session (a step-up, or before a
+    sensitive action): its methods and last authentication change, its id does not."""
+    session.amr = list(methods)
+    session.authenticated_at = now
+    session.updated_at = now
+    audit.record("session.reauthenticated", now=now, account_id=session.account_id,
+                 user_id=session.user_id, session_id=session.id, actor=f"user:{session.user.sub}",
+                 ip=ip, amr=list(methods))
+
+
 def settle(session_id: str, reason: EndReason, ended_at: datetime, *, now: datetime) -> None:
     """Record the end that a read-only check (introspection, userinfo, the refresh grant's
     read) found — as it found it, whatever policy change committed since — in a
@@ -813,6 +825,7 @@ EVENT_TEXT = {
     "code.reused": "Authorization code replayed: that app's access was revoked",
     "token.revoked": "An app gave up a token",
     "factor.recovery_code_used": "Signed in with a recovery code",
+    "session.reauthenticated": "Confirmed it was you",
 }
 
 

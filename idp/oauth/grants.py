@@ -40,6 +40,7 @@ from ..models import (
     LoginSession,
     TokenFamily,
     User,
+    acr_of,
     db,
 )
 from ..runtime import client_ip, config, now, services
@@ -270,8 +271,10 @@ class OpenIDCode(_OpenIDCode):
         if code is not None:
             claims.update(self.get_authorization_code_claims(code))
         else:  # device flow: the session says when and how the user signed in
-            claims["auth_time"] = int(principal.session.created_at.timestamp())
-            claims["amr"] = list(principal.session.amr or [])
+            session = principal.session
+            claims["auth_time"] = int((session.authenticated_at or session.created_at).timestamp())
+            claims["amr"] = list(session.amr or [])
+            claims["acr"] = acr_of(session.amr)
         at_hash = create_half_hash(token["access_token"], alg)
         claims["at_hash"] = at_hash.decode()
         claims.update(user_info(principal.user, token["scope"]))

@@ -20,7 +20,7 @@ from .. import credentials, sessions
 from ..models import EndReason, LoginSession, db
 from ..runtime import client_ip, now, origin, services
 from . import current
-from .forms import ActionForm, CodeForm, LoginForm
+from .forms import ActionForm, CodeForm, LoginForm, ReauthenticateForm
 
 bp = Blueprint("auth", __name__)
 
@@ -34,6 +34,14 @@ SECOND_FACTOR_WINDOW = 300  # seconds between a right password and its second fa
 def remember_authorization(query: str) -> None:
     """Keep the authorization request while the user signs in (signed Flask cookie)."""
     session[PENDING] = query
+
+
+STEP_UP = "step_up"
+
+
+def remember_step_up(step) -> None:
+    """What the re-authentication page must ask for (``step_up.StepUp``)."""
+    session[STEP_UP] = {"sid": step.session_id, "mfa": step.mfa}
 
 
 AFTER_LOGIN_PAGES = {"account.sessions_page", "device.enter", "admin.settings", "admin.users"}
@@ -54,6 +62,8 @@ def _resume_target(pending: str | None, after: dict | None) -> str:
             value = " ".join(p for p in value.split() if p != "login")
             if not value:
                 continue
+        if key == "max_age":
+            continue  # just authenticated: satisfied (auth_time says when)
         params.append((key, value))
     return url_for("oidc.authorize") + "?" + urlencode(params)
 
@@ -139,6 +149,45 @@ def _signed_in(started: sessions.Started, pending: str | None, after: dict | Non
     response = redirect(_resume_target(pending, after), 303)
     current.set_cookie(response, started.cookie, started.session)
     return response
+
+
+@bp.route("/login/again", methods=["GET", "POST"])
+def reauthenticate():
+    """Confirm it is you, in this session: the password, and the authenticator app's code
+    when a relying party asked for a second factor (``acr_values=mfa``) or the session
+    had one. The session keeps its id; then back to the authorization request."""
+    pending, after = session.get(PENDING), session.get("after_login")
+    g.form_action = _form_action_for(pending)
+    live = current.login_session()
+    if live is None:
+        db.session.commit()
+        return redirect(url_for("auth.login"), 303)
+    wanted = session.get(STEP_UP)
+    mfa = bool(wanted and wanted.get("sid") == live.id and wanted.get("mfa"))
+    form = ReauthenticateForm()
+    if not form.is_submitted():
+        db.session.commit()
+        return render_template("login_again.html", form=form, mfa=mfa, user=live.user,
+                               error=None)
+    if not form.validate():
+        return render_template("login_again.html", form=form, mfa=mfa, user=live.user,
+                               error="Enter your password."), 400
+    try:
+        credentials.reauthenticate(live, form.password.data, form.code.data, mfa=mfa,
+                                   now=now(), ip=client_ip(), hasher=services().passwords,
+                                   lockout=services().lockout, limits=services().limits,
+                                   sealer=services().sealer)
+    except credentials.SignInRefused:
+        db.session.commit()
+        error = "That is not right." + (" Check the password and the newest code." if mfa else "")
+        return render_template("login_again.html", form=form, mfa=mfa, user=live.user,
+                               error=error), 401
+    except credentials.Throttled as throttled:
+        return _refused(throttled, "login_again.html", form)
+    db.session.commit()
+    session.pop(STEP_UP, None)
+    session.pop(PENDING, None)
+    return redirect(_resume_target(pending, after), 303)
 
 
 @bp.route("/login/code", methods=["GET", "POST"])

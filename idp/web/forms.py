@@ -41,3 +41,11 @@ class CodeForm(FlaskForm):
 
     code = StringField("Code", validators=[DataRequired(), Length(max=20)])
     submit = SubmitField("Continue")
+
+
+class ReauthenticateForm(FlaskForm):
+    """Confirm it is you: the password, and a code when a second factor is asked for."""
+
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+    code = StringField("Code", validators=[Length(max=20)])
+    submit = SubmitField("Confirm")

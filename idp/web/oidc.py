@@ -25,6 +25,7 @@ from flask import (
 from sqlalchemy.exc import IntegrityError
 
 from .. import sessions as sessions_domain
+from .. import step_up
 from ..metrics import TOKENS
 from ..models import Consent, EndReason, db
 from ..oauth import introspection
@@ -38,7 +39,7 @@ from ..oauth.grants import CLIENT_AUTH_METHODS, Principal
 from ..oauth.server import SCOPES_SUPPORTED
 from ..runtime import client_ip, config, now, services
 from . import current, error_response
-from .auth import remember_authorization
+from .auth import remember_authorization, remember_step_up
 from .forms import ConfirmLogoutForm, ConsentForm
 
 bp = Blueprint("oidc", __name__)
@@ -87,11 +88,12 @@ def discovery_document() -> dict:
         "revocation_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
         "code_challenge_methods_supported": ["S256"],
         "prompt_values_supported": ["none", "login", "consent"],
+        "acr_values_supported": list(step_up.ACR_VALUES),
         "claims_supported": [
-            "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "amr", "sid",
+            "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "acr", "amr", "sid",
             "azp", "name", "preferred_username", "updated_at", "email", "email_verified",
         ],
-        "claims_parameter_supported": False,
+        "claims_parameter_supported": True,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,
         "authorization_response_iss_parameter_supported": True,
@@ -165,13 +167,6 @@ def _needs_login(principal_session, params) -> bool:
     prompts = params.get("prompt", "").split()
     if "login" in prompts:
         return True
-    max_age = params.get("max_age")
-    if max_age is not None:
-        if not max_age.isdigit():
-            raise InvalidRequestError("'max_age' must be a number of seconds.")
-        age = (now() - principal_session.created_at).total_seconds()
-        if age > int(max_age):
-            return True
     hint = params.get("id_token_hint")
     if hint:
         sub = _hint_subject(hint)
@@ -239,6 +234,23 @@ def authorize():
             remember_authorization(urlencode(list(params.items(multi=True))))
             db.session.commit()
             return redirect(url_for("auth.login"), 303)
+        try:
+            step = step_up.needed(live, max_age=params.get("max_age"),
+                                  acr_values=params.get("acr_values"),
+                                  claims=params.get("claims"), now=now())
+        except step_up.Unmet as unmet:
+            error = InvalidRequestError(str(unmet), redirect_uri=redirect_uri)
+            error.error = "unmet_authentication_requirements"
+            raise error from None
+        except ValueError as bad:
+            raise InvalidRequestError(str(bad), redirect_uri=redirect_uri) from None
+        if step is not None:
+            if "none" in prompts:
+                raise LoginRequiredError(redirect_uri=redirect_uri)
+            remember_authorization(urlencode(list(params.items(multi=True))))
+            remember_step_up(step)
+            db.session.commit()
+            return redirect(url_for("auth.reauthenticate"), 303)
         client = grant.client
         if "admin" in grant.request.scope.split() and principal.user.role not in ("owner", "admin"):
             # Only administrators can hold the admin scope; others get the rest.

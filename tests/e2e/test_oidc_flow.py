@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import timedelta
+from urllib.parse import urljoin
 
 import pytest
 
@@ -147,16 +148,25 @@ def test_prompt_none_without_session_returns_login_required(rp, live_server):
     assert params["state"] == secrets_["state"] and params["iss"] == rp.issuer
 
 
-def test_prompt_login_and_max_age_force_a_new_sign_in(rp, live_server):
+def test_prompt_login_forces_a_new_sign_in_and_max_age_a_fresh_proof(rp, live_server):
+    """prompt=login: the sign-in form (a new session); max_age past: the user proves it
+    again in the same session (tests/e2e/test_step_up.py follows the sid)."""
     browser = Browser(live_server.url)
     sign_in(rp, browser)
-    for extra in ({"prompt": "login"}, {"max_age": "0"}):
-        live_server.clock.advance(seconds=5)
-        url, _ = rp.authorization_url(**extra)
-        page = browser.go(url, stop_at=rp.redirect_uri)
-        assert page.status_code == 200 and "Sign in" in page.text
-        response = browser.login(page, "ada@example.com", PASSWORD, stop_at=rp.redirect_uri)
-        assert "code" in rp.callback_params(response)
+    live_server.clock.advance(seconds=5)
+    url, _ = rp.authorization_url(prompt="login")
+    page = browser.go(url, stop_at=rp.redirect_uri)
+    assert page.status_code == 200 and "Sign in" in page.text
+    response = browser.login(page, "ada@example.com", PASSWORD, stop_at=rp.redirect_uri)
+    assert "code" in rp.callback_params(response)
+    live_server.clock.advance(seconds=5)
+    url, _ = rp.authorization_url(max_age="0")
+    page = browser.go(url, stop_at=rp.redirect_uri)
+    assert page.status_code == 200 and "Confirm it" in page.text
+    response = browser.go(urljoin(str(page.url), "/login/again"), method="POST",
+                          stop_at=rp.redirect_uri,
+                          data={"csrf_token": csrf_token(page.text), "password": PASSWORD})
+    assert "code" in rp.callback_params(response)
 
 
 def test_refresh_fails_once_session_is_idle_past_its_deadline(rp, live_server):
