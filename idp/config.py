@@ -71,6 +71,8 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "LOGIN_DELAY_AFTER": (2, "int", "Failed sign-ins per account after which each attempt waits "
                           "1, 2, 4 … s (at the failure limit: no delays)"),
     "LOGIN_LOCKOUT": ("15m", "duration", "Lockout window after too many failed sign-ins"),
+    "REAUTHENTICATE_AFTER": ("5m", "duration", "Sensitive actions (end all sessions, change "
+                             "second factors) need an authentication at most this old"),
     "CLIENT_AUTH_FAILURES_PER_CLIENT": ("100 per minute", "str",
                                         "Failed client authentications per claimed client id"),
     "CLIENT_AUTH_FAILURES_PER_IP": ("100 per minute", "str",
@@ -211,6 +213,7 @@ def _validate(config: dict) -> None:
     _bounded(config, "ACCESS_TOKEN_LIFETIME", timedelta(minutes=1), timedelta(hours=1))
     _bounded(config, "ID_TOKEN_LIFETIME", timedelta(minutes=1), timedelta(hours=24))
     _bounded(config, "CODE_LIFETIME", timedelta(seconds=10), timedelta(minutes=10))
+    _bounded(config, "REAUTHENTICATE_AFTER", timedelta(seconds=1), timedelta(hours=1))
     _bounded(config, "REFRESH_TOKEN_LIFETIME", timedelta(minutes=5), timedelta(days=365))
     if config["SESSION_DURATION_MIN"] > config["SESSION_DURATION_MAX"]:
         raise ConfigError("IDP_SESSION_DURATION_MIN is above IDP_SESSION_DURATION_MAX")

@@ -26,8 +26,8 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from . import audit, passwords
-from .models import AuthFactor, RecoveryCode, User, db
+from . import audit, passwords, sessions
+from .models import AuthFactor, EndReason, RecoveryCode, User, db
 
 STEP = 30  # seconds per TOTP code
 DRIFT = 1  # steps accepted on either side of the current one
@@ -69,6 +69,14 @@ def confirmed(user: User) -> list[AuthFactor]:
         sa.select(AuthFactor).where(AuthFactor.user_id == user.id,
                                     AuthFactor.confirmed_at.is_not(None))
         .order_by(AuthFactor.created_at)))
+
+
+def enrolled_users(user_ids: list[int]) -> set[int]:
+    """Which of these users have a second factor (the administrators' list)."""
+    if not user_ids:
+        return set()
+    return set(db.session.scalars(sa.select(AuthFactor.user_id).where(
+        AuthFactor.user_id.in_(user_ids), AuthFactor.confirmed_at.is_not(None)).distinct()))
 
 
 def has_second_factor(user: User) -> bool:
@@ -189,3 +197,26 @@ def qr_data_uri(text: str) -> str:
     buffer = io.BytesIO()
     image.save(buffer)
     return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def remove(user: User, factor_id: str | None, *, now: datetime, actor: str,
+           keep: str | None = None, ip: str | None = None) -> list:
+    """Remove one confirmed factor (``factor_id``) or all of them (None: an administrator's
+    reset), with the recovery codes when none is left. Weaker sign-in from now on, so the
+    user's credentials version moves (a sign-in verified before waits and is refused) and
+    every other session ends ("Ended: sign-in methods changed"), as a password change
+    does. Returns the sessions ended; the caller commits."""
+    sessions.lock_user(user)
+    query = sa.delete(AuthFactor).where(AuthFactor.user_id == user.id)
+    if factor_id is not None:
+        query = query.where(AuthFactor.id == factor_id, AuthFactor.confirmed_at.is_not(None))
+    if db.session.execute(query.execution_options(synchronize_session=False)).rowcount == 0:
+        return []
+    if not has_second_factor(user):
+        db.session.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    user.credentials_version += 1
+    ended = sessions.end_all(user, EndReason.FACTORS_CHANGED, now=now, actor=actor, ip=ip,
+                             keep=keep)
+    audit.record("factor.removed", now=now, account_id=user.account_id, user_id=user.id,
+                 actor=actor, ip=ip, all=factor_id is None or None, sessions_ended=len(ended))
+    return ended

@@ -221,6 +221,7 @@ class EndReason(enum.StrEnum):
     DISABLED = "disabled"
     POLICY_CHANGED = "policy_changed"
     LOCKED_OUT = "locked_out"
+    FACTORS_CHANGED = "factors_changed"
 
     @property
     def is_expiry(self) -> bool:

@@ -258,6 +258,11 @@ def check(session: LoginSession, now: datetime) -> EndReason | None:
     return reason
 
 
+def recently_authenticated(session: LoginSession, now: datetime, window: timedelta) -> bool:
+    """Whether the user proved who they are in this session within ``window``."""
+    return now - (session.authenticated_at or session.created_at) <= window
+
+
 def reauthenticated(session: LoginSession, methods: Iterable[str], *, now: datetime,
                     ip: str | None = None) -> None:
     """The user proved again who they are in this session (a step-up, or before a
@@ -801,6 +806,7 @@ REASON_TEXT = {
     EndReason.DISABLED: "Ended: account disabled",
     EndReason.POLICY_CHANGED: "Ended: policy changed",
     EndReason.LOCKED_OUT: "Ended: too many wrong passwords",
+    EndReason.FACTORS_CHANGED: "Ended: sign-in methods changed",
 }
 
 
@@ -826,6 +832,8 @@ EVENT_TEXT = {
     "token.revoked": "An app gave up a token",
     "factor.recovery_code_used": "Signed in with a recovery code",
     "session.reauthenticated": "Confirmed it was you",
+    "factor.added": "Added an authenticator app",
+    "factor.removed": "Removed a second factor",
 }
 
 

@@ -6,10 +6,11 @@ from functools import wraps
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 
-from .. import credentials, factors, sessions
+from .. import credentials, factors, sessions, step_up
 from ..models import EndReason, db
 from ..runtime import client_ip, config, now, services
 from . import current
+from .auth import remember_step_up
 from .forms import ActionForm, CodeForm, PasswordForm
 
 bp = Blueprint("account", __name__, url_prefix="/account")
@@ -35,6 +36,27 @@ def login_required(view):
                 current.clear_cookie(response)
             return response
         g.user = live.user
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def recent_authentication(view):
+    """Sensitive actions (ASVS V7.5): an authentication in this session at most
+    ``IDP_REAUTHENTICATE_AFTER`` old. Otherwise the user proves it again (the password,
+    and the code when the session signed in with one), then comes back to the page."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        live = current.login_session()
+        if not sessions.recently_authenticated(live, now(), config()["REAUTHENTICATE_AFTER"]):
+            back = request.endpoint if request.method == "GET" else "account.security"
+            session[AFTER_LOGIN] = {"endpoint": back, "args": {}}
+            remember_step_up(step_up.StepUp(
+                live.id, mfa="mfa" in (live.amr or ()) and factors.has_second_factor(g.user)))
+            db.session.commit()
+            flash("Confirm it's you first.", "info")
+            return redirect(url_for("auth.reauthenticate"), 303)
         return view(*args, **kwargs)
 
     return wrapper
@@ -167,6 +189,7 @@ def _confirm_bulk(form, *, include_current: bool):
 
 @bp.route("/sessions/end-others", methods=["GET", "POST"])
 @login_required
+@recent_authentication
 def end_others():
     form = ActionForm()
     if request.method == "GET" or not form.validate_on_submit():
@@ -181,6 +204,7 @@ def end_others():
 
 @bp.route("/sessions/end-all", methods=["GET", "POST"])
 @login_required
+@recent_authentication
 def end_all():
     form = ActionForm()
     if request.method == "GET" or not form.validate_on_submit():
@@ -236,6 +260,7 @@ def security():
 
 @bp.post("/security/totp")
 @login_required
+@recent_authentication
 def start_totp():
     if not ActionForm().validate_on_submit():
         abort(400)
@@ -275,3 +300,18 @@ def _issuer_name() -> str:
     from urllib.parse import urlsplit
 
     return urlsplit(config()["ISSUER"]).hostname or "Identity"
+
+
+@bp.post("/security/<factor_id>/remove")
+@login_required
+@recent_authentication
+def remove_factor(factor_id: str):
+    """Remove a second factor: sign-in gets weaker, so every other session ends."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    ended = factors.remove(g.user, factor_id, now=now(), actor=f"user:{g.user.sub}",
+                           keep=current.login_session().id, ip=client_ip())
+    db.session.commit()
+    flash(f"Removed. Signed out {_plural(len(ended), 'other session')}; this one stays.",
+          "success")
+    return redirect(url_for("account.security"), 303)

@@ -11,7 +11,7 @@ from functools import wraps
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
-from .. import audit, credentials, policy, policy_changes, sessions
+from .. import audit, credentials, factors, policy, policy_changes, sessions
 from ..models import EndReason, LoginSession, LogoutAttempt, LogoutDelivery, Role, User, db
 from ..policy import PolicyBounds, PolicyError, SessionPolicy
 from ..runtime import client_ip, config, now, services
@@ -132,9 +132,32 @@ def users():
     counts = {user.id: count for user, count in rows}
     guard = services().lockout
     locked = {u.id for u in members if guard.locked(u.email)}
+    enrolled = factors.enrolled_users([u.id for u in members])
     db.session.commit()
     return render_template("admin/users.html", users=members, counts=counts, account=account,
-                           locked=locked, form=ActionForm())
+                           locked=locked, enrolled=enrolled, form=ActionForm())
+
+
+@bp.route("/users/<sub>/factors/reset", methods=["GET", "POST"])
+@admin_required
+def reset_factors(sub: str):
+    """A user lost their phone and their recovery codes: remove their second factors.
+    Every session of theirs ends; the next sign-in is with the password alone."""
+    user = _own_user(sub)
+    form = ActionForm()
+    if request.method == "GET" or not form.validate_on_submit():
+        db.session.commit()
+        return render_template(
+            "account/confirm.html", form=form, action="Reset second factors",
+            title=f"Reset the second factors of {user.email}?",
+            summary=f"Removes {user.email}'s authenticator apps and recovery codes and signs "
+                    "out all their sessions. They sign in with the password alone and can set "
+                    "up a new factor.",
+            back=url_for("admin.users"))
+    ended = factors.remove(user, None, now=now(), actor=f"admin:{g.user.sub}", ip=client_ip())
+    db.session.commit()
+    flash(f"Reset the second factors of {user.email}; ended {len(ended)} session(s).", "success")
+    return redirect(url_for("admin.users"), 303)
 
 
 @bp.post("/users/<sub>/unlock")

@@ -44,7 +44,8 @@ def remember_step_up(step) -> None:
     session[STEP_UP] = {"sid": step.session_id, "mfa": step.mfa}
 
 
-AFTER_LOGIN_PAGES = {"account.sessions_page", "device.enter", "admin.settings", "admin.users"}
+AFTER_LOGIN_PAGES = {"account.sessions_page", "device.enter", "admin.settings", "admin.users",
+                     "account.security", "account.end_others", "account.end_all"}
 
 
 def _resume_target(pending: str | None, after: dict | None) -> str:

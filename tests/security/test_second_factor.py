@@ -14,7 +14,7 @@ import pytest
 from idp import create_app
 from idp.models import db
 from tests.conftest import PASSWORD
-from tests.security.conftest import ADA, Browser, csrf_of, text_of
+from tests.security.conftest import ADA, Browser, audit_events, csrf_of, text_of
 
 SECRET = re.compile(r'id="totp-secret">([A-Z2-7]+)<')
 RECOVERY = re.compile(r"<li><code>([a-z0-9-]+)</code></li>")
@@ -159,3 +159,68 @@ def test_the_api_says_how_each_session_signed_in(app, clock, enrolled, party):
     assert current["authenticated_at"] == current["created_at"]
     others = [s for s in listed["sessions"] if not s["current"]]
     assert others and all(s["methods"] == "Password" for s in others)
+
+
+def test_sensitive_actions_need_a_recent_authentication(app, clock, ada):
+    """End all sessions five minutes after signing in: confirm it's you first, then the
+    confirmation page comes back and works; the session keeps its id."""
+    browser = Browser(app)
+    browser.login(ADA)
+    sid = browser.sid
+    clock.advance(minutes=6)
+    asked = browser.get("/account/sessions/end-others")
+    assert asked.status_code == 303 and asked.headers["Location"] == "/login/again"
+    page = browser.get("/login/again")
+    wrong = browser.post("/login/again", data={"csrf_token": csrf_of(page), "password": "nope"})
+    assert wrong.status_code == 401
+    back = browser.post("/login/again", data={"csrf_token": csrf_of(page), "password": PASSWORD})
+    assert back.status_code == 303 and back.headers["Location"] == "/account/sessions/end-others"
+    confirm = browser.get("/account/sessions/end-others")
+    assert confirm.status_code == 200 and "End all your other sessions?" in text_of(confirm)
+    assert browser.sid == sid
+    assert "Confirmed it was you" in text_of(browser.get("/account/sessions"))
+
+
+def test_removing_a_factor_needs_a_recent_authentication_and_ends_other_sessions(
+        app, clock, enrolled):
+    secret, _ = enrolled
+    other = Browser(app)
+    password_step(other)
+    code_step(other, now_code(secret, clock))
+    clock.advance(seconds=30)
+    owner = Browser(app)
+    password_step(owner)
+    code_step(owner, now_code(secret, clock))
+    page = owner.get("/account/security")
+    factor_id = re.search(r'id="factor-([^"]+)"', text_of(page)).group(1)
+    removed = owner.post(f"/account/security/{factor_id}/remove",
+                         data={"csrf_token": csrf_of(page)})
+    assert removed.status_code == 303
+    assert "No second factor yet" in text_of(owner.get("/account/security"))
+    assert other.get("/account/sessions").status_code == 303  # ended
+    assert owner.get("/account/sessions").status_code == 200  # kept
+    # Sign-in needs the password alone again; recovery codes went with the last factor.
+    fresh = Browser(app)
+    assert password_step(fresh).headers["Location"] == "/account/sessions"
+
+
+def test_an_administrator_resets_a_users_factors_and_every_session_ends(app, clock, enrolled,
+                                                                      make_user):
+    secret, _ = enrolled
+    make_user("root@example.com", role="admin")
+    user_browser = Browser(app)
+    password_step(user_browser)
+    code_step(user_browser, now_code(secret, clock))
+    admin = Browser(app)
+    admin.login("root@example.com")
+    users = text_of(admin.get("/admin/users"))
+    assert "authenticator app" in users and "Reset second factors" in users
+    sub = re.search(r'/admin/users/([^/"]+)/factors/reset', users).group(1)
+    page = admin.get(f"/admin/users/{sub}/factors/reset")
+    assert "Reset the second factors of ada@example.com?" in text_of(page)
+    assert admin.post(f"/admin/users/{sub}/factors/reset",
+                      data={"csrf_token": csrf_of(page)}).status_code == 303
+    assert user_browser.get("/account/sessions").status_code == 303
+    assert password_step(Browser(app)).headers["Location"] == "/account/sessions"
+    events = [e.detail for e in audit_events(app, "factor.removed")]
+    assert events == [{"all": True, "sessions_ended": 2}]
