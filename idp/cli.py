@@ -308,10 +308,14 @@ def create_client_command(name, redirect_uris, public, first_party, resource_ser
 @click.option("--idle-timeout", help="Sign-out after inactivity: seconds or 5m, 2h.")
 @click.option("--max-concurrent", help="A number, or 'unlimited'.")
 @click.option("--on-limit", type=click.Choice(["deny", "end_oldest"]))
+@click.option("--require-mfa/--no-require-mfa", default=None,
+              help="Every user signs in with a second factor (those without one set it up).")
+@click.option("--end-password-only-sessions", is_flag=True,
+              help="With --require-mfa: also end, now, sessions that signed in without one.")
 @click.option("--dry-run", is_flag=True, help="Only show what the new values would do.")
 @json_option
 def set_policy_command(account_name, max_duration, idle_timeout, max_concurrent, on_limit,
-                       dry_run, as_json) -> None:
+                       require_mfa, end_password_only_sessions, dry_run, as_json) -> None:
     """Change an account's session policy (bounds: IDP_SESSION_DURATION_MIN/_MAX, ...)."""
     from . import policy, policy_changes
     from .models import db
@@ -330,6 +334,7 @@ def set_policy_command(account_name, max_duration, idle_timeout, max_concurrent,
             "max_concurrent": max_concurrent if max_concurrent is not None else (
                 current.max_concurrent or "unlimited"),
             "on_limit": on_limit or str(current.on_limit),
+            "require_mfa": current.require_mfa if require_mfa is None else require_mfa,
         }
         try:
             new = policy.validate(policy.PolicyBounds.from_config(app.config), **values)
@@ -337,9 +342,11 @@ def set_policy_command(account_name, max_duration, idle_timeout, max_concurrent,
             raise CommandError(f"invalid policy: {exc}") from None
         changes = {}
         if dry_run:
-            impact = policy_changes.preview(account, new, now).as_dict()
+            impact = policy_changes.preview(
+                account, new, now, end_password_only=end_password_only_sessions).as_dict()
         else:
-            applied = policy_changes.apply(account, new, now=now, actor="operator:cli")
+            applied = policy_changes.apply(account, new, now=now, actor="operator:cli",
+                                           end_password_only=end_password_only_sessions)
             db.session.commit()
             changes, impact = applied.changes, applied.impact.as_dict()
         stored = policy.SessionPolicy.of(account)
@@ -353,6 +360,7 @@ def set_policy_command(account_name, max_duration, idle_timeout, max_concurrent,
                 "idle_timeout": int(stored.idle_timeout.total_seconds()),
                 "max_concurrent": stored.max_concurrent,
                 "on_limit": str(stored.on_limit),
+                "require_mfa": stored.require_mfa,
             },
         }
         verb = "Would change" if dry_run else "Changed"

@@ -65,6 +65,11 @@ class SecondFactorNeeded(Exception):
         self.version = version
 
 
+class EnrolmentNeeded(SecondFactorNeeded):
+    """The password was right; the account requires a second factor and this user has
+    none yet: they set one up before the session opens (``enrol_and_sign_in``)."""
+
+
 class SignInRefused(Exception):
     """Wrong email or password, a disabled user, or credentials changed since the password
     was verified: one answer for all, so nothing tells them apart."""
@@ -86,12 +91,15 @@ def sign_in(email: str, password: str, origin: sessions.Origin, *, now: datetime
                      locked=attempt.locked or None, retry_after=attempt.retry_after)
         raise Throttled(attempt)
     verified = verify(email, password, hasher)
-    if verified is not None and factors.has_second_factor(verified.user):
+    if verified is not None and (factors.has_second_factor(verified.user)
+                                 or verified.user.account.require_mfa):
         if verified.new_hash:
             verified.user.password_hash = verified.new_hash
         lockout.passed(email)
         limits.release("LOGIN_IP_LIMIT", origin.ip)
-        raise SecondFactorNeeded(verified.user, verified.version)
+        needed = SecondFactorNeeded if factors.has_second_factor(verified.user) \
+            else EnrolmentNeeded
+        raise needed(verified.user, verified.version)
     if verified is not None:
         try:
             started = sessions.start(verified.user, origin, now=now,
@@ -152,6 +160,29 @@ def complete_second_factor(user_id: int, version: int, code: str, origin: sessio
                      actor=f"user:{user.sub}", left=factors.recovery_codes_left(user))
     _right_password(user.email, origin, lockout, limits)
     return started
+
+
+def enrol_and_sign_in(user_id: int, version: int, factor_id: str, code: str,
+                     origin: sessions.Origin, *, now: datetime, sealer: Sealer,
+                     replacing: LoginSession | None = None
+                     ) -> tuple[sessions.Started, list[str]]:
+    """The sign-in of a user whose account requires a second factor they did not have:
+    the authenticator app they just scanned is confirmed by its first code, then the
+    session opens (with both factors), under the credentials the password was verified
+    with. Returns the session and the new recovery codes; ``SignInRefused`` for a wrong
+    code. The caller commits."""
+    user = db.session.get(User, user_id)
+    codes = factors.confirm_totp(user, factor_id, code, sealer=sealer, now=now,
+                                 ip=origin.ip) if user is not None else None
+    if codes is None:
+        raise SignInRefused()
+    try:
+        started = sessions.start(user, origin, now=now, verified_version=version,
+                                 replacing=replacing, amr=("pwd", "otp", "mfa"))
+    except sessions.CredentialsChanged:
+        db.session.rollback()
+        raise SignInRefused() from None
+    return started, codes
 
 
 def reauthenticate(session: LoginSession, password: str, code: str | None, *, mfa: bool,

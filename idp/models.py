@@ -239,6 +239,8 @@ class Account(db.Model):
     idle_timeout: Mapped[int]
     max_concurrent_sessions: Mapped[int | None]
     on_concurrent_limit: Mapped[str] = mapped_column(sa.String(16), default=OnLimit.DENY)
+    #: Every user must sign in with a second factor (users without one enrol at sign-in).
+    require_mfa: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     policy_updated_at: Mapped[datetime | None]
 
     users: Mapped[list[User]] = relationship(back_populates="account")

@@ -27,6 +27,7 @@ class SessionPolicy:
     idle_timeout: timedelta
     max_concurrent: int | None
     on_limit: OnLimit
+    require_mfa: bool = False
 
     @classmethod
     def of(cls, account: Account) -> SessionPolicy:
@@ -35,6 +36,7 @@ class SessionPolicy:
             idle_timeout=timedelta(seconds=account.idle_timeout),
             max_concurrent=account.max_concurrent_sessions,
             on_limit=OnLimit(account.on_concurrent_limit),
+            require_mfa=bool(account.require_mfa),
         )
 
     def absolute_deadline(self, session: LoginSession) -> datetime:
@@ -144,6 +146,7 @@ def validate(
     idle_timeout: object,
     max_concurrent: object,
     on_limit: object,
+    require_mfa: object = False,
 ) -> SessionPolicy:
     """Parse and check new values; raise PolicyError naming each bad field."""
     errors: dict[str, str] = {}
@@ -181,9 +184,24 @@ def validate(
     except ValueError:
         errors["on_limit"] = "must be 'deny' or 'end_oldest'"
         limit = OnLimit.DENY
+    mfa = _flag(require_mfa)
+    if mfa is None:
+        errors["require_mfa"] = "must be true or false"
     if errors:
         raise PolicyError(errors)
-    return SessionPolicy(duration, idle, concurrent, limit)
+    return SessionPolicy(duration, idle, concurrent, limit, mfa)
+
+
+def _flag(value: object) -> bool | None:
+    """A yes/no field from a form ("on"), JSON (true) or the CLI; None when neither."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    return None
 
 
 class LoginDecision(enum.StrEnum):

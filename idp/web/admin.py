@@ -79,6 +79,7 @@ def proposed(account, form) -> dict:
             else str(account.max_concurrent_sessions),
         ).strip(),
         "on_limit": form.get("on_limit", account.on_concurrent_limit).strip(),
+        "require_mfa": form.get("require_mfa", "true" if account.require_mfa else "false"),
     }
 
 
@@ -98,13 +99,16 @@ def settings():
         except PolicyError as exc:
             errors = exc.errors
         else:
+            end_password_only = request.form.get("end_password_only") == "1"
             if request.form.get("confirm") == "save":
                 applied = policy_changes.apply(account, new, now=now(),
-                                               actor=f"admin:{g.user.sub}", ip=client_ip())
+                                               actor=f"admin:{g.user.sub}", ip=client_ip(),
+                                               end_password_only=end_password_only)
                 db.session.commit()
                 flash(saved_message(applied), "success")
                 return redirect(url_for("admin.settings"), 303)
-            preview = policy_changes.preview(account, new, now())
+            preview = policy_changes.preview(account, new, now(),
+                                             end_password_only=end_password_only)
     elif request.method == "POST":
         abort(400)
     db.session.commit()

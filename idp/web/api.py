@@ -218,6 +218,7 @@ def policy_json(account) -> dict:
         "idle_timeout": int(current.idle_timeout.total_seconds()),
         "max_concurrent": current.max_concurrent,
         "on_limit": str(current.on_limit),
+        "require_mfa": current.require_mfa,
         "updated_at": _time(account.policy_updated_at),
         "bounds": {
             "max_duration": [int(bounds.duration_min.total_seconds()),
@@ -250,7 +251,8 @@ def put_policy():
     account = g.user.account
     current = policy_json(account)
     values = {name: body.get(name, current[name]) for name in
-              ("max_duration", "idle_timeout", "max_concurrent", "on_limit")}
+              ("max_duration", "idle_timeout", "max_concurrent", "on_limit", "require_mfa")}
+    end_password_only = body.get("end_password_only_sessions") is True
     if values["max_concurrent"] is None:
         values["max_concurrent"] = "unlimited"
     try:
@@ -262,12 +264,13 @@ def put_policy():
                                       "fields": exc.errors}))
         return response
     if request.args.get("dry_run") in ("1", "true", "yes"):
-        impact = policy_changes.preview(account, new, now()).as_dict()
+        impact = policy_changes.preview(account, new, now(),
+                                        end_password_only=end_password_only).as_dict()
         db.session.rollback()
         return jsonify({"dry_run": True, "impact": impact, "changes": {},
                         "policy": policy_json(account)})
     applied = policy_changes.apply(account, new, now=now(), actor=f"admin:{g.user.sub}",
-                                   ip=client_ip())
+                                   ip=client_ip(), end_password_only=end_password_only)
     db.session.commit()
     return jsonify({"dry_run": False, "impact": applied.impact.as_dict(),
                     "changes": applied.changes, "policy": policy_json(account)})

@@ -16,9 +16,9 @@ from flask import (
     url_for,
 )
 
-from .. import credentials, sessions
-from ..models import EndReason, LoginSession, db
-from ..runtime import client_ip, now, origin, services
+from .. import credentials, factors, sessions
+from ..models import EndReason, LoginSession, User, db
+from ..runtime import client_ip, config, now, origin, services
 from . import current
 from .forms import ActionForm, CodeForm, LoginForm, ReauthenticateForm
 
@@ -110,7 +110,8 @@ def login():
         db.session.commit()
         session[SECOND_FACTOR] = {"user": needed.user.id, "version": needed.version,
                                   "until": int(now().timestamp()) + SECOND_FACTOR_WINDOW}
-        return redirect(url_for("auth.second_factor"), 303)
+        enrol = isinstance(needed, credentials.EnrolmentNeeded)
+        return redirect(url_for("auth.enrol" if enrol else "auth.second_factor"), 303)
     except credentials.SignInRefused:
         db.session.commit()
         return render_template(
@@ -189,6 +190,53 @@ def reauthenticate():
     session.pop(STEP_UP, None)
     session.pop(PENDING, None)
     return redirect(_resume_target(pending, after), 303)
+
+
+@bp.route("/login/enrol", methods=["GET", "POST"])
+def enrol():
+    """The account requires a second factor and this user has none: after the right
+    password, they set up an authenticator app here, and only then is the session
+    opened (with both factors)."""
+    pending, after = session.get(PENDING), session.get("after_login")
+    waiting = session.get(SECOND_FACTOR)
+    if not waiting or waiting["until"] < now().timestamp():
+        session.pop(SECOND_FACTOR, None)
+        flash("Your sign-in took too long. Enter your email and password again.", "info")
+        return redirect(url_for("auth.login"), 303)
+    user = db.session.get(User, waiting["user"])
+    sealer, issuer = services().sealer, _issuer_host()
+    started = factors.enrolment(user, waiting.get("factor", ""), issuer_name=issuer,
+                                sealer=sealer) if waiting.get("factor") else None
+    if started is None:
+        started = factors.start_totp(user, issuer_name=issuer, sealer=sealer, now=now())
+        session[SECOND_FACTOR] = {**waiting, "factor": started.factor_id}
+        db.session.commit()
+    form = CodeForm()
+    if not form.validate_on_submit():
+        db.session.commit()
+        error = "Enter the 6-digit code your app shows." if form.is_submitted() else None
+        return render_template("login_enrol.html", enrolment=started, form=form,
+                               error=error), 400 if error else 200
+    try:
+        signed_in, codes = credentials.enrol_and_sign_in(
+            user.id, waiting["version"], started.factor_id, form.code.data, origin(),
+            now=now(), sealer=sealer, replacing=current.login_session())
+    except credentials.SignInRefused:
+        db.session.commit()
+        return render_template("login_enrol.html", enrolment=started, form=form,
+                               error="That code is not right. Enter the code your app "
+                                     "shows now."), 401
+    db.session.commit()
+    target = _resume_target(pending, after)
+    session.clear()  # no session fixation: every pre-login browser value goes
+    response = current_app.make_response(render_template(
+        "account/recovery_codes.html", codes=codes, next_url=target))
+    current.set_cookie(response, signed_in.cookie, signed_in.session)
+    return response
+
+
+def _issuer_host() -> str:
+    return urlsplit(config()["ISSUER"]).hostname or "Identity"
 
 
 @bp.route("/login/code", methods=["GET", "POST"])

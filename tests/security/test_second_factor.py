@@ -10,6 +10,7 @@ import re
 import jwt
 import pyotp
 import pytest
+import sqlalchemy as sa
 
 from idp import create_app
 from idp.models import db
@@ -224,3 +225,61 @@ def test_an_administrator_resets_a_users_factors_and_every_session_ends(app, clo
     assert password_step(Browser(app)).headers["Location"] == "/account/sessions"
     events = [e.detail for e in audit_events(app, "factor.removed")]
     assert events == [{"all": True, "sessions_ended": 2}]
+
+
+def require_mfa(app, clock, *, end_password_only: bool = False) -> dict:
+    from idp import policy_changes
+    from idp.models import Account
+    from idp.policy import SessionPolicy
+
+    def change():
+        account = db.session.scalar(sa.select(Account))
+        current = SessionPolicy.of(account)
+        new = SessionPolicy(current.max_duration, current.idle_timeout, current.max_concurrent,
+                            current.on_limit, require_mfa=True)
+        preview = policy_changes.preview(account, new, clock.now(),
+                                         end_password_only=end_password_only).as_dict()
+        applied = policy_changes.apply(account, new, now=clock.now(), actor="admin:test",
+                                       end_password_only=end_password_only)
+        db.session.commit()
+        assert applied.impact.as_dict() == preview
+        return preview
+
+    with app.app_context():
+        try:
+            return change()
+        finally:
+            db.session.remove()
+
+
+def test_a_required_second_factor_is_set_up_at_the_next_sign_in_before_any_session(
+        app, clock, ada, party):
+    impact = require_mfa(app, clock)
+    assert impact["users_without_second_factor"] == 1
+    photos = party("Photos")
+    browser = Browser(app)
+    first = password_step(browser)
+    assert first.status_code == 303 and first.headers["Location"] == "/login/enrol"
+    assert browser.cookie() is None
+    page = browser.get("/login/enrol")
+    secret = SECRET.search(text_of(page)).group(1)
+    assert "Your organisation requires a second factor" in text_of(page)
+    assert browser.get("/login/enrol").status_code == 200  # a reload shows the same key
+    assert SECRET.search(text_of(browser.get("/login/enrol"))).group(1) == secret
+    done = browser.post("/login/enrol", data={"csrf_token": csrf_of(page),
+                                              "code": now_code(secret, clock)})
+    assert done.status_code == 200 and len(RECOVERY.findall(text_of(done))) == 10
+    assert browser.cookie() is not None
+    assert "Password and authenticator app" in text_of(browser.get("/account/sessions"))
+    tokens = photos.tokens(browser)
+    claims = jwt.decode(tokens["id_token"], options={"verify_signature": False})
+    assert (claims["amr"], claims["acr"]) == (["pwd", "otp", "mfa"], "mfa")
+
+
+def test_requiring_it_now_ends_the_sessions_that_signed_in_without_one(app, clock, ada):
+    password_only = Browser(app)
+    password_only.login(ADA)
+    impact = require_mfa(app, clock, end_password_only=True)
+    assert impact["sessions_ended_now"] == 1
+    assert password_only.get("/account/sessions").status_code == 303
+    assert "changed its session policy" in text_of(password_only.get("/login"))

@@ -186,7 +186,8 @@ def test_owner_and_admin_get_the_pages(app, world):
         assert "(5 min – 720 h; e.g. 24h, 90m)" in body
         assert "(5 min – 24 h, not above the duration)" in body
         assert '(1 – 1000, or "unlimited")' in body
-        assert body.count('value="preview">Preview impact</button>') == 3
+        assert "Second factor" in body and "Optional" in body
+        assert body.count('value="preview">Preview impact</button>') == 4
         assert client.get("/admin/users").status_code == 200
 
 

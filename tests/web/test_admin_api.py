@@ -98,8 +98,8 @@ def test_owner_and_admin_read_the_policy_with_its_bounds(org):
             assert response.headers["cache-control"] == "no-store"
             assert response.json() == {
                 "account": "acme", "max_duration": 86400, "idle_timeout": 7200,
-                "max_concurrent": None, "on_limit": "deny", "updated_at": None,
-                "bounds": {"max_duration": [300, 2592000], "idle_timeout": [300, 86400],
+                "max_concurrent": None, "on_limit": "deny", "require_mfa": False,
+                "updated_at": None, "bounds": {"max_duration": [300, 2592000], "idle_timeout": [300, 86400],
                            "max_concurrent": [1, 1000]},
             }
 
@@ -290,7 +290,7 @@ def test_dry_run_reports_the_impact_and_changes_nothing(org, clock):
     proposal = {"max_duration": "4h", "max_concurrent": 2}
     expected = {"sessions_ended_now": 1, "users_with_sessions_ended_now": 1,
                 "users_over_concurrent_limit": 1, "sessions_whose_deadlines_move": 6,
-                "expired_sessions_closed": 0}
+                "expired_sessions_closed": 0, "users_without_second_factor": 0}
     with org.api(adam) as http:
         for flag in ("true", "1", "yes"):
             response = http.put(POLICY, params={"dry_run": flag}, json=proposal)
@@ -462,9 +462,9 @@ def test_cli_dry_run_reports_and_changes_nothing(app, acme, clock, monkeypatch, 
         "account": "acme", "dry_run": True, "changes": {},
         "impact": {"sessions_ended_now": 1, "users_with_sessions_ended_now": 1,
                    "users_over_concurrent_limit": 1, "sessions_whose_deadlines_move": 5,
-                   "expired_sessions_closed": 0},
+                   "expired_sessions_closed": 0, "users_without_second_factor": 0},
         "policy": {"max_duration": 86400, "idle_timeout": 7200, "max_concurrent": None,
-                   "on_limit": "deny"},
+                   "on_limit": "deny", "require_mfa": False},
     }
     code, out, _ = run_cli(monkeypatch, capsys, app, "set-policy", "--account", "acme",
                            "--idle-timeout", "15m", "--dry-run")
@@ -485,7 +485,7 @@ def test_cli_changes_the_policy_as_the_operator(app, acme, clock, monkeypatch, c
     assert body["dry_run"] is False
     assert body["changes"] == {"max_duration": [86400, 14400], "on_limit": ["deny", "end_oldest"]}
     assert body["policy"] == {"max_duration": 14400, "idle_timeout": 7200, "max_concurrent": None,
-                              "on_limit": "end_oldest"}
+                              "on_limit": "end_oldest", "require_mfa": False}
     assert policy_state(app, acme) == (14400, 7200, None, "end_oldest", clock.now(), 1)
     with app.app_context():
         event = db.session.scalar(sa.select(AuditEvent).where(AuditEvent.event == "policy.changed"))
