@@ -295,7 +295,8 @@ def impact_on_page(html: str) -> dict:
     assert block, "the page shows no preview"
     match = IMPACT.fullmatch(words(block.group(1)))
     assert match, words(block.group(1))
-    return {key: int(value or 0) for key, value in zip(IMPACT_KEYS, match.groups(), strict=True)}
+    shown = {key: int(value or 0) for key, value in zip(IMPACT_KEYS, match.groups(), strict=True)}
+    return {**shown, "users_without_second_factor": 0}  # (no second factor required here)
 
 
 def flashes(html: str, category: str) -> str:
@@ -390,7 +391,7 @@ def impact_in_database(world: World, changed_at) -> dict:
             "users_with_sessions_ended_now": len({r.user_id for r in cut}),
             "users_over_concurrent_limit": 0,  # no concurrent limit in these worlds
             "sessions_whose_deadlines_move": len(touched) - len(closed),
-            "expired_sessions_closed": len(closed)}
+            "expired_sessions_closed": len(closed), "users_without_second_factor": 0}
 
 
 def assert_change_recorded(world: World, changed_at, impact: dict, changes: dict) -> None:
@@ -460,7 +461,8 @@ def tighten(world: World, surface: str, ada_old: Signed, bob_old: Signed, ada_ne
     # The two three-hour-old sessions of two users end; everything active gets new deadlines.
     assert preview == {"sessions_ended_now": 2, "users_with_sessions_ended_now": 2,
                        "users_over_concurrent_limit": 0, "sessions_whose_deadlines_move": 4,
-                       "expired_sessions_closed": 0}
+                       "expired_sessions_closed": 0,
+                       "users_without_second_factor": 0}
     assert all(r.ended_at is None for r in world.rows())  # previewing changed nothing
     assert admin.save(surface, max_duration="2h") == reported(surface, preview)
     changed_at = world.clock.now()
@@ -506,7 +508,8 @@ def test_relaxing_afterwards_brings_nothing_back(make_world, first, then):
     # Only the two sessions still active (ada's new one, the admin's) are concerned.
     assert preview == {"sessions_ended_now": 0, "users_with_sessions_ended_now": 0,
                        "users_over_concurrent_limit": 0, "sessions_whose_deadlines_move": 2,
-                       "expired_sessions_closed": 0}
+                       "expired_sessions_closed": 0,
+                       "users_without_second_factor": 0}
     assert admin.save(then, max_duration="24h") == reported(then, preview)
     relaxed_at = world.clock.now()
     assert_change_recorded(world, relaxed_at, preview, {"max_duration": [7200, 86400]})
@@ -557,7 +560,8 @@ def raise_after_the_deadline(world: World, surface: str, *, checked: Signed, unt
     preview = admin.preview(**values)
     assert preview == {"sessions_ended_now": 0, "users_with_sessions_ended_now": 0,
                        "users_over_concurrent_limit": 0, "sessions_whose_deadlines_move": 2,
-                       "expired_sessions_closed": len(still_open)}
+                       "expired_sessions_closed": len(still_open),
+                       "users_without_second_factor": 0}
     assert world.row(untouched.sid).ended_at is None  # previewing changed nothing
     assert admin.save(surface, **values) == reported(surface, preview)
     changed_at = world.clock.now()
