@@ -137,7 +137,7 @@ def _demo(app, port: int, host: str) -> dict | None:
 def serve_command(host, port, workers, dev, no_demo, as_json) -> None:
     """Migrate, generate keys, create the demo on first start, then serve."""
     if "IDP_ISSUER" not in os.environ and port != 5000:
-        os.environ["IDP_ISSUER"] = f"http://127.0.0.1:{port}"
+        os.environ["IDP_ISSUER"] = f"http://localhost:{port}"
     app = _app()
     _init(app)
     demo = None if no_demo else _demo(app, port, host)

@@ -30,7 +30,7 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "DATABASE_URL": (None, "str", "SQLAlchemy URL; default a SQLite file instance/idp.db"),
     "INSTANCE_DIR": ("instance", "path", "Local state: SQLite file, generated secret key"),
     "KEYS_DIR": ("keys", "path", "Signing keys (0600 PEM files + keys.json); share it between nodes"),
-    "ISSUER": ("http://127.0.0.1:5000", "str", "Issuer identifier: the public base URL, no trailing slash"),
+    "ISSUER": ("http://localhost:5000", "str", "Issuer identifier: the public base URL, no trailing slash"),
     "SECRET_KEY": (None, "str", "Signs Flask's cookie; generated into INSTANCE_DIR/secret_key if unset"),
     # -- HTTP
     "INSECURE_COOKIES": (False, "bool", "Plain-HTTP cookies without __Host- prefix; loopback issuer only"),
@@ -72,7 +72,7 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
                           "1, 2, 4 … s (at the failure limit: no delays)"),
     "LOGIN_LOCKOUT": ("15m", "duration", "Lockout window after too many failed sign-ins"),
     "REAUTHENTICATE_AFTER": ("5m", "duration", "Sensitive actions (end all sessions, change "
-                             "second factors) need an authentication at most this old"),
+                             "the password or second factors) need an authentication at most this old"),
     "CLIENT_AUTH_FAILURES_PER_CLIENT": ("100 per minute", "str",
                                         "Failed client authentications per claimed client id"),
     "CLIENT_AUTH_FAILURES_PER_IP": ("100 per minute", "str",
@@ -86,6 +86,8 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
                                          "Device authorizations per client id"),
     "USER_CODE_FAILURES_PER_USER": ("10 per 10 minutes", "str",
                                     "Wrong user codes typed at /device per signed-in user"),
+    "PASSKEY_CEREMONIES_PER_IP": ("60 per minute", "str",
+                                  "Passkey ceremonies started (challenges issued) per client IP"),
     "USER_CODE_FAILURES_PER_IP": ("30 per 10 minutes", "str",
                                   "Wrong user codes typed at /device per client IP"),
     "RATE_LIMIT_SYNC": ("0.25s", "duration",
@@ -255,7 +257,7 @@ def _validate(config: dict) -> None:
 LIMIT_SETTINGS = ("LOGIN_IP_LIMIT", "CLIENT_AUTH_FAILURES_PER_CLIENT", "CLIENT_AUTH_FAILURES_PER_IP",
                   "TOKEN_RATE_LIMIT", "INTROSPECTION_RATE_LIMIT", "DEVICE_AUTHORIZATIONS_PER_IP",
                   "DEVICE_AUTHORIZATIONS_PER_CLIENT", "USER_CODE_FAILURES_PER_USER",
-                  "USER_CODE_FAILURES_PER_IP")
+                  "USER_CODE_FAILURES_PER_IP", "PASSKEY_CEREMONIES_PER_IP")
 OPTIONAL_LIMITS = ("TOKEN_RATE_LIMIT", "INTROSPECTION_RATE_LIMIT")
 
 

@@ -19,7 +19,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from . import audit, factors, sessions
+from . import audit, factors, passkeys, sessions
 from .accounts import MIN_PASSWORD
 from .counters import Limits
 from .factors import Sealer
@@ -121,14 +121,42 @@ def sign_in(email: str, password: str, origin: sessions.Origin, *, now: datetime
     raise SignInRefused()
 
 
-def complete_second_factor(user_id: int, version: int, code: str, origin: sessions.Origin, *,
-                           now: datetime, lockout: Lockout, limits: Limits, sealer: Sealer,
+def sign_in_with_passkey(passkey: passkeys.Answer, origin: sessions.Origin, *, now: datetime,
+                         limits: Limits, replacing: LoginSession | None = None
+                         ) -> sessions.Started:
+    """Sign in with a passkey alone (no email typed: the browser offered the user's
+    passkeys). The passkey must verify its user (PIN or biometric), so the session is
+    multi-factor. Counted against the caller's IP like a password; not against the
+    account's lockout, which only password guesses fill (a passkey cannot be guessed, and
+    someone guessing the password must not lock the owner's passkey out). Raises
+    ``SignInRefused`` or ``sessions.SessionLimitReached``; the caller commits."""
+    limits.reserve("LOGIN_IP_LIMIT", origin.ip)
+    try:
+        proved = passkeys.authenticate(passkey, passkeys.SIGN_IN, now=now)
+    except passkeys.PasskeyRefused:
+        audit.record("login.failed", now=now, ip=origin.ip, actor="anonymous", step="passkey")
+        raise SignInRefused() from None
+    user = proved.user
+    try:
+        started = sessions.start(user, origin, now=now, verified_version=user.credentials_version,
+                                 replacing=replacing, amr=proved.amr)
+    except sessions.CredentialsChanged:
+        db.session.rollback()
+        raise SignInRefused() from None
+    finally:
+        limits.release("LOGIN_IP_LIMIT", origin.ip)
+    return started
+
+
+def complete_second_factor(user_id: int, version: int, proof: str | passkeys.Answer,
+                           origin: sessions.Origin, *, now: datetime, lockout: Lockout,
+                           limits: Limits, sealer: Sealer,
                            replacing: LoginSession | None = None) -> sessions.Started:
     """The second step of a sign-in whose password was right: a code from the user's
-    authenticator app, or a recovery code. Counted like a password (the IP's limit, the
-    account's lockout: wrong codes lock the account as wrong passwords do); the session
-    opens only if the credentials are still the ones the password was verified under.
-    Raises as ``sign_in`` does; the caller commits."""
+    authenticator app, a recovery code, or one of their passkeys. Counted like a password
+    (the IP's limit, the account's lockout: wrong codes lock the account as wrong
+    passwords do); the session opens only if the credentials are still the ones the
+    password was verified under. Raises as ``sign_in`` does; the caller commits."""
     user = db.session.get(User, user_id)
     if user is None:
         raise SignInRefused()
@@ -139,7 +167,7 @@ def complete_second_factor(user_id: int, version: int, code: str, origin: sessio
         audit.record("login.throttled", now=now, ip=origin.ip, actor="anonymous",
                      locked=attempt.locked or None, retry_after=attempt.retry_after)
         raise Throttled(attempt)
-    method = factors.check_code(user, code, sealer=sealer, now=now)
+    method = _second_factor(user, proof, sealer=sealer, now=now)
     if method is None:
         lockout.failed(user.email, attempt)
         audit.record("login.failed", now=now, account_id=user.account_id, user_id=user.id,
@@ -147,7 +175,8 @@ def complete_second_factor(user_id: int, version: int, code: str, origin: sessio
         raise SignInRefused()
     try:
         started = sessions.start(user, origin, now=now, verified_version=version,
-                                 replacing=replacing, amr=("pwd", "otp", "mfa"))
+                                 replacing=replacing,
+                                 amr=("pwd", "otp" if method == "recovery" else method, "mfa"))
     except sessions.CredentialsChanged:
         db.session.rollback()
         raise SignInRefused() from None
@@ -160,6 +189,20 @@ def complete_second_factor(user_id: int, version: int, code: str, origin: sessio
                      actor=f"user:{user.sub}", left=factors.recovery_codes_left(user))
     _right_password(user.email, origin, lockout, limits)
     return started
+
+
+def _second_factor(user: User, proof: str | passkeys.Answer, *, sealer: Sealer,
+                   now: datetime) -> str | None:
+    """The method a second factor's proof shows (``otp``, ``recovery``, ``hwk``, ``swk``),
+    spent; None when it shows nothing."""
+    if isinstance(proof, passkeys.Answer):
+        try:
+            return passkeys.authenticate(proof, passkeys.SECOND_FACTOR, now=now,
+                                         user=user).method
+        except passkeys.PasskeyRefused:
+            return None
+    method = factors.check_code(user, proof, sealer=sealer, now=now)
+    return "otp" if method == factors.TOTP else method
 
 
 def enrol_and_sign_in(user_id: int, version: int, factor_id: str, code: str,
@@ -185,11 +228,13 @@ def enrol_and_sign_in(user_id: int, version: int, factor_id: str, code: str,
     return started, codes
 
 
-def reauthenticate(session: LoginSession, password: str, code: str | None, *, mfa: bool,
-                   now: datetime, ip: str, hasher: Passwords, lockout: Lockout,
-                   limits: Limits, sealer: Sealer) -> None:
-    """Prove again, in the same session, who its user is: the password, and a second
-    factor's code when ``mfa``. Counted like a sign-in (``Throttled``; a wrong answer is
+def reauthenticate(session: LoginSession, password: str | None, code: str | None, *,
+                   mfa: bool, now: datetime, ip: str, hasher: Passwords, lockout: Lockout,
+                   limits: Limits, sealer: Sealer, passkey: passkeys.Answer | None = None
+                   ) -> None:
+    """Prove again, in the same session, who its user is: one of their passkeys (with
+    its PIN or biometric: both factors at once), or the password and, when ``mfa``, a
+    second factor's code. Counted like a sign-in (``Throttled``; a wrong answer is
     ``SignInRefused``, counted and audited). The session keeps its id; its methods and
     last authentication change. The caller commits."""
     user = session.user
@@ -198,15 +243,24 @@ def reauthenticate(session: LoginSession, password: str, code: str | None, *, mf
     if not attempt.allowed:
         limits.release("LOGIN_IP_LIMIT", ip)
         raise Throttled(attempt)
-    ok, _ = hasher.verify(user.password_hash, password)
-    if ok and mfa:
-        ok = factors.check_code(user, code or "", sealer=sealer, now=now) is not None
+    if passkey is not None:
+        try:
+            methods = passkeys.authenticate(passkey, passkeys.CONFIRM, now=now,
+                                            user=user).amr
+        except passkeys.PasskeyRefused:
+            methods = None
+        ok = methods is not None
+    else:
+        ok, _ = hasher.verify(user.password_hash, password or "")
+        methods = ("pwd", "otp", "mfa") if mfa else ("pwd",)
+        if ok and mfa:
+            ok = factors.check_code(user, code or "", sealer=sealer, now=now) is not None
     if not ok:
         lockout.failed(user.email, attempt)
         audit.record("login.failed", now=now, account_id=user.account_id, user_id=user.id,
                      session_id=session.id, ip=ip, actor=f"user:{user.sub}", step="reauthenticate")
         raise SignInRefused()
-    sessions.reauthenticated(session, ("pwd", "otp", "mfa") if mfa else ("pwd",), now=now, ip=ip)
+    sessions.reauthenticated(session, methods, now=now, ip=ip)
     lockout.succeeded(user.email)
     limits.release("LOGIN_IP_LIMIT", ip)
 

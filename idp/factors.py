@@ -71,12 +71,26 @@ def confirmed(user: User) -> list[AuthFactor]:
         .order_by(AuthFactor.created_at)))
 
 
-def enrolled_users(user_ids: list[int]) -> set[int]:
-    """Which of these users have a second factor (the administrators' list)."""
+def enrolled_users(user_ids: list[int]) -> dict[int, list[str]]:
+    """Which of these users have a second factor, and its kinds in words, e.g.
+    ``["2 passkeys", "authenticator app"]`` (the administrators' list; never a secret)."""
     if not user_ids:
-        return set()
-    return set(db.session.scalars(sa.select(AuthFactor.user_id).where(
-        AuthFactor.user_id.in_(user_ids), AuthFactor.confirmed_at.is_not(None)).distinct()))
+        return {}
+    rows = db.session.execute(
+        sa.select(AuthFactor.user_id, AuthFactor.kind, sa.func.count())
+        .where(AuthFactor.user_id.in_(user_ids), AuthFactor.confirmed_at.is_not(None))
+        .group_by(AuthFactor.user_id, AuthFactor.kind).order_by(AuthFactor.kind))
+    enrolled: dict[int, list[str]] = {}
+    for user_id, kind, count in rows:
+        word = "passkey" if kind != TOTP else "authenticator app"
+        enrolled.setdefault(user_id, []).append(f"{count} {word}s" if count > 1 else word)
+    return enrolled
+
+
+def has_authenticator_app(user: User) -> bool:
+    return db.session.scalar(sa.select(AuthFactor.id).where(
+        AuthFactor.user_id == user.id, AuthFactor.kind == TOTP,
+        AuthFactor.confirmed_at.is_not(None)).limit(1)) is not None
 
 
 def has_second_factor(user: User) -> bool:
@@ -152,6 +166,8 @@ def check_code(user: User, code: str, *, sealer: Sealer, now: datetime) -> str |
     code = (code or "").strip().replace(" ", "").replace("-", "").lower()
     if len(code) == 6 and code.isdigit():
         for factor in confirmed(user):
+            if factor.kind != TOTP:
+                continue
             secret = sealer.open(factor.secret_sealed)
             step = _matching_step(secret, code, now, after=factor.last_step) if secret else None
             if step is not None and db.session.execute(

@@ -503,11 +503,17 @@ class Consent(db.Model):
 
 
 class AuthFactor(db.Model):
-    """A second factor of a user: an authenticator app (TOTP, RFC 6238). Its shared secret
-    must be readable to check codes, so it is stored sealed (``factors.Sealer``: encrypted
-    with a key derived from the provider's secret key, which the database never holds).
-    ``confirmed_at`` is empty while enrolment waits for the first code; ``last_step`` is
-    the newest time step accepted, so a code is never accepted twice."""
+    """A second factor of a user, or a way to sign in on its own.
+
+    - An authenticator app (``kind`` "totp", RFC 6238): its shared secret must be readable
+      to check codes, so it is stored sealed (``factors.Sealer``: encrypted with a key
+      derived from the provider's secret key, which the database never holds);
+      ``last_step`` is the newest time step accepted, so a code is never accepted twice.
+    - A passkey (``kind`` "passkey", WebAuthn): only its credential id, public key (COSE)
+      and the authenticator's signature counter; nothing secret.
+
+    ``confirmed_at`` is empty while an authenticator app's enrolment waits for its first
+    code."""
 
     __tablename__ = "auth_factors"
 
@@ -515,11 +521,27 @@ class AuthFactor(db.Model):
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
     kind: Mapped[str] = mapped_column(sa.String(16))
     label: Mapped[str] = mapped_column(sa.String(80))
-    secret_sealed: Mapped[str] = mapped_column(sa.String(300))
+    secret_sealed: Mapped[str | None] = mapped_column(sa.String(300))
     created_at: Mapped[datetime]
     confirmed_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
     last_step: Mapped[int] = mapped_column(default=0)
+    credential_id: Mapped[str | None] = mapped_column(sa.String(1400), unique=True)
+    public_key: Mapped[bytes | None] = mapped_column(sa.LargeBinary(2048))
+    sign_count: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
+class PasskeyChallenge(db.Model):
+    """A WebAuthn ceremony in progress: its random challenge, spent (deleted) by the one
+    answer that uses it, before ``expires_at``."""
+
+    __tablename__ = "passkey_challenges"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    challenge: Mapped[str] = mapped_column(sa.String(64))
+    purpose: Mapped[str] = mapped_column(sa.String(16))
+    user_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class RecoveryCode(db.Model):

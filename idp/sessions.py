@@ -832,7 +832,7 @@ EVENT_TEXT = {
     "token.revoked": "An app gave up a token",
     "factor.recovery_code_used": "Signed in with a recovery code",
     "session.reauthenticated": "Confirmed it was you",
-    "factor.added": "Added an authenticator app",
+    "factor.added": "Added a passkey or authenticator app",
     "factor.removed": "Removed a second factor",
 }
 

@@ -546,7 +546,7 @@ def test_serve_creates_a_working_demo_once(home, tmp_path):
         demo = first["demo"]
         assert {"issuer", "user", "password", "client_id", "client_secret",
                 "redirect_uri"} <= set(demo)
-        issuer = f"http://127.0.0.1:{server.port}"
+        issuer = f"http://localhost:{server.port}"
         assert demo["issuer"] == issuer
         assert all(isinstance(demo[k], str) and demo[k] for k in demo)
 

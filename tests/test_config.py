@@ -24,7 +24,7 @@ def load(environ: dict | None = None, **overrides) -> dict:
 
 def test_defaults_give_a_working_local_development_setup():
     settings = load()
-    assert settings["ISSUER"] == "http://127.0.0.1:5000"
+    assert settings["ISSUER"] == "http://localhost:5000"
     assert settings["SESSION_DURATION"] == timedelta(hours=24)
     assert settings["IDLE_TIMEOUT"] == timedelta(hours=2)
     assert settings["ACCESS_TOKEN_LIFETIME"] == timedelta(minutes=10)
@@ -63,7 +63,7 @@ def test_idp_environment_variables_override_the_defaults():
 
 def test_variables_without_the_idp_prefix_are_ignored():
     settings = load({"ISSUER": "https://wrong.example.com", "SESSION_DURATION": "1h"})
-    assert settings["ISSUER"] == "http://127.0.0.1:5000"
+    assert settings["ISSUER"] == "http://localhost:5000"
     assert settings["SESSION_DURATION"] == timedelta(hours=24)
 
 

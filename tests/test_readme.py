@@ -72,7 +72,7 @@ def test_first_command_starts_a_usable_provider_from_a_clean_clone(tmp_path):
         output = log.read()
         assert ready is not None and ready.status_code == 200, output[-3000:]
         print(f"fresh install + first start: {elapsed:.1f} s")
-        assert ready.json()["issuer"] == "http://127.0.0.1:5000"
+        assert ready.json()["issuer"] == "http://localhost:5000"
         assert (clone / "keys").stat().st_mode & 0o077 == 0
         for label in ("client_id", "client_secret", "redirect_uri", "password"):
             assert label in output

@@ -6,12 +6,12 @@ from functools import wraps
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 
-from .. import credentials, factors, sessions, step_up
+from .. import credentials, factors, passkeys, sessions, step_up
 from ..models import EndReason, db
 from ..runtime import client_ip, config, now, services
 from . import current
-from .auth import remember_step_up
-from .forms import ActionForm, CodeForm, PasswordForm
+from .auth import passkey_answer, relying_party, remember_step_up
+from .forms import ActionForm, CodeForm, PasskeyForm, PasswordForm
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 
@@ -217,6 +217,7 @@ def end_all():
 
 @bp.route("/password", methods=["GET", "POST"])
 @login_required
+@recent_authentication
 def change_password():
     """A new password ends every other session of the user; this one stays."""
     form = PasswordForm()
@@ -250,12 +251,44 @@ def change_password():
 @bp.get("/security")
 @login_required
 def security():
-    """The user's second factors and recovery codes."""
+    """The user's passkeys, authenticator apps and recovery codes."""
     enrolled = factors.confirmed(g.user)
     left = factors.recovery_codes_left(g.user)
     db.session.commit()
-    return render_template("account/security.html", factors=enrolled, recovery_left=left,
-                           form=ActionForm(), now=now())
+    return render_template(
+        "account/security.html", form=ActionForm(), now=now(), recovery_left=left,
+        passkeys=[f for f in enrolled if f.kind == passkeys.KIND],
+        apps=[f for f in enrolled if f.kind == factors.TOTP],
+        passkeys_problem=relying_party().problem)
+
+
+@bp.route("/security/passkey", methods=["GET", "POST"])
+@login_required
+@recent_authentication
+def add_passkey():
+    """Name a new passkey and let the browser make it (``static/passkey.js``); the first
+    second factor also brings recovery codes, shown once."""
+    form = PasskeyForm()
+    error = None
+    if form.validate_on_submit():
+        try:
+            added = passkeys.register(g.user, passkey_answer(passkeys.REGISTER, form),
+                                      form.label.data or "", now=now(), ip=client_ip())
+        except passkeys.PasskeyRefused as refused:
+            db.session.rollback()
+            error = str(refused)
+        else:
+            db.session.commit()
+            if added.recovery_codes:
+                return render_template("account/recovery_codes.html",
+                                       codes=added.recovery_codes)
+            flash(f"Added the passkey \u201c{added.factor.label}\u201d.", "success")
+            return redirect(url_for("account.security"), 303)
+    elif form.is_submitted():
+        error = "Your browser sent no passkey. Try again."
+    db.session.commit()
+    return render_template("account/passkey.html", passkey_form=PasskeyForm(formdata=None),
+                           problem=relying_party().problem, error=error), 400 if error else 200
 
 
 @bp.post("/security/totp")

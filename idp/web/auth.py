@@ -6,21 +6,23 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from flask import (
     Blueprint,
+    Response,
     abort,
     current_app,
     flash,
     g,
+    jsonify,
     redirect,
     render_template,
     session,
     url_for,
 )
 
-from .. import credentials, factors, sessions
+from .. import credentials, factors, passkeys, sessions
 from ..models import EndReason, LoginSession, User, db
 from ..runtime import client_ip, config, now, origin, services
 from . import current
-from .forms import ActionForm, CodeForm, LoginForm, ReauthenticateForm
+from .forms import ActionForm, CodeForm, LoginForm, PasskeyForm, ReauthenticateForm
 
 bp = Blueprint("auth", __name__)
 
@@ -29,6 +31,7 @@ LIMIT = "limit_reached"
 LIMIT_WINDOW = 300
 SECOND_FACTOR = "second_factor"
 SECOND_FACTOR_WINDOW = 300  # seconds between a right password and its second factor
+PASSKEY = "passkey_ceremony"
 
 
 def remember_authorization(query: str) -> None:
@@ -91,7 +94,7 @@ def login():
         flash(current.EXPIRY_MESSAGES[g.expired_reason], "info")
         db.session.commit()
     if form.is_submitted() and not form.validate():
-        return render_template("login.html", form=form, error=_first_error(form)), 400
+        return _login_page(form, _first_error(form)), 400
     if not form.is_submitted():
         if live is not None and not pending:
             db.session.commit()
@@ -99,7 +102,7 @@ def login():
         if pending and not form.email.data:
             form.email.data = dict(parse_qsl(pending)).get("login_hint", "")[:254]
         db.session.commit()
-        return render_template("login.html", form=form, error=None)
+        return _login_page(form, None)
 
     email = form.email.data.strip().lower()
     try:
@@ -114,10 +117,94 @@ def login():
         return redirect(url_for("auth.enrol" if enrol else "auth.second_factor"), 303)
     except credentials.SignInRefused:
         db.session.commit()
-        return render_template(
-            "login.html", form=form, error="Incorrect email or password."
-        ), 401
+        return _login_page(form, "Incorrect email or password."), 401
     except (credentials.Throttled, sessions.SessionLimitReached) as refused:
+        return _refused(refused, "login.html", form)
+    return _signed_in(started, pending, after)
+
+
+def relying_party() -> passkeys.RelyingParty:
+    """The passkeys' relying party: the issuer's host and origin."""
+    return passkeys.relying_party(config()["ISSUER"])
+
+
+def _login_page(form: LoginForm, error: str | None) -> str:
+    return render_template("login.html", form=form, error=error,
+                           passkey_form=PasskeyForm(formdata=None),
+                           passkeys_usable=relying_party().id is not None)
+
+
+@bp.post("/passkey/options/<purpose>")
+def passkey_options(purpose: str):
+    """The options of a passkey ceremony, for ``navigator.credentials`` (JSON); the
+    ceremony's id stays in this browser's session until its answer is posted."""
+    if purpose not in passkeys.PURPOSES or not ActionForm().validate_on_submit():
+        return _json_error("The page expired. Reload it and try again.", 400)
+    services().limits.reserve("PASSKEY_CEREMONIES_PER_IP", client_ip())
+    user = _ceremony_user(purpose)
+    if user is None and purpose != passkeys.SIGN_IN:
+        db.session.commit()
+        return _json_error("Your session expired. Reload the page and sign in again.", 401)
+    rp = relying_party()
+    try:
+        ceremony = passkeys.registration_options(user, rp, now=now()) \
+            if purpose == passkeys.REGISTER \
+            else passkeys.authentication_options(rp, purpose, now=now(), user=user)
+    except passkeys.PasskeyRefused as refused:
+        return _json_error(str(refused), 400)
+    db.session.commit()
+    session[PASSKEY] = {"purpose": purpose, "id": ceremony.id}
+    return Response(ceremony.options, mimetype="application/json",
+                    headers={"Cache-Control": "no-store"})
+
+
+def _ceremony_user(purpose: str) -> User | None:
+    """Whose passkeys a ceremony is about: the signed-in user (adding one needs a recent
+    authentication), the user whose password was just right, or nobody (sign-in: the
+    browser offers this site's passkeys)."""
+    if purpose == passkeys.SECOND_FACTOR:
+        waiting = session.get(SECOND_FACTOR)
+        if not waiting or waiting["until"] < now().timestamp():
+            return None
+        return db.session.get(User, waiting["user"])
+    live = current.login_session() if purpose != passkeys.SIGN_IN else None
+    if live is None or (purpose == passkeys.REGISTER and not sessions.recently_authenticated(
+            live, now(), config()["REAUTHENTICATE_AFTER"])):
+        return None
+    return live.user
+
+
+def _json_error(description: str, status: int):
+    response = jsonify(error="invalid_request", error_description=description)
+    response.status_code = status
+    return response
+
+
+def passkey_answer(purpose: str, form: PasskeyForm) -> passkeys.Answer:
+    """The answer posted with the ceremony this browser started for ``purpose``."""
+    ceremony = session.pop(PASSKEY, None) or {}
+    return passkeys.Answer(ceremony.get("id", "") if ceremony.get("purpose") == purpose else "",
+                           form.credential.data or "", relying_party())
+
+
+@bp.post("/login/passkey")
+def login_passkey():
+    """Sign in with a passkey alone: no email typed, the browser offered the passkeys."""
+    pending, after = session.get(PENDING), session.get("after_login")
+    g.form_action = _form_action_for(pending)
+    form = PasskeyForm()
+    if not form.validate_on_submit():
+        return _login_page(LoginForm(formdata=None), "The form expired. Try again."), 400
+    try:
+        started = credentials.sign_in_with_passkey(
+            passkey_answer(passkeys.SIGN_IN, form), origin(), now=now(),
+            limits=services().limits, replacing=current.login_session())
+    except credentials.SignInRefused:
+        db.session.commit()
+        return _login_page(LoginForm(formdata=None),
+                           "That passkey was not accepted. Try again, or sign in with your "
+                           "email and password."), 401
+    except sessions.SessionLimitReached as refused:
         return _refused(refused, "login.html", form)
     return _signed_in(started, pending, after)
 
@@ -155,11 +242,10 @@ def _signed_in(started: sessions.Started, pending: str | None, after: dict | Non
 
 @bp.route("/login/again", methods=["GET", "POST"])
 def reauthenticate():
-    """Confirm it is you, in this session: the password, and the authenticator app's code
-    when a relying party asked for a second factor (``acr_values=mfa``) or the session
-    had one. The session keeps its id; then back to the authorization request."""
-    pending, after = session.get(PENDING), session.get("after_login")
-    g.form_action = _form_action_for(pending)
+    """Confirm it is you, in this session: one of your passkeys, or the password and the
+    authenticator app's code when a relying party asked for a second factor
+    (``acr_values=mfa``) or the session had one. The session keeps its id; then back to
+    the authorization request or the page that asked."""
     live = current.login_session()
     if live is None:
         db.session.commit()
@@ -168,22 +254,57 @@ def reauthenticate():
     mfa = bool(wanted and wanted.get("sid") == live.id and wanted.get("mfa"))
     form = ReauthenticateForm()
     if not form.is_submitted():
-        db.session.commit()
-        return render_template("login_again.html", form=form, mfa=mfa, user=live.user,
-                               error=None)
+        return _again_page(live, form, mfa, None)
     if not form.validate():
-        return render_template("login_again.html", form=form, mfa=mfa, user=live.user,
-                               error="Enter your password."), 400
+        return _again_page(live, form, mfa, "Enter your password.", 400)
+    return _confirmed(live, form, mfa, password=form.password.data, code=form.code.data)
+
+
+@bp.post("/login/again/passkey")
+def reauthenticate_passkey():
+    """Confirm it is you with one of your passkeys (its PIN or biometric: both factors)."""
+    live = current.login_session()
+    if live is None:
+        db.session.commit()
+        return redirect(url_for("auth.login"), 303)
+    wanted = session.get(STEP_UP)
+    mfa = bool(wanted and wanted.get("sid") == live.id and wanted.get("mfa"))
+    form = PasskeyForm()
+    if not form.validate_on_submit():
+        return _again_page(live, ReauthenticateForm(formdata=None), mfa,
+                           "The form expired. Try again.", 400)
+    return _confirmed(live, ReauthenticateForm(formdata=None), mfa,
+                      passkey=passkey_answer(passkeys.CONFIRM, form))
+
+
+def _again_page(live: LoginSession, form: ReauthenticateForm, mfa: bool, error: str | None,
+                status: int = 200):
+    g.form_action = _form_action_for(session.get(PENDING))
+    user = live.user
+    has_passkey = bool(passkeys.passkeys(user)) and relying_party().id is not None
+    db.session.commit()
+    return render_template(
+        "login_again.html", form=form, mfa=mfa, user=user, error=error,
+        has_passkey=has_passkey, passkey_form=PasskeyForm(formdata=None),
+        password_works=not mfa or factors.has_authenticator_app(user)
+        or factors.recovery_codes_left(user) > 0), status
+
+
+def _confirmed(live: LoginSession, form: ReauthenticateForm, mfa: bool, *,
+               password: str | None = None, code: str | None = None,
+               passkey: passkeys.Answer | None = None):
+    pending, after = session.get(PENDING), session.get("after_login")
     try:
-        credentials.reauthenticate(live, form.password.data, form.code.data, mfa=mfa,
-                                   now=now(), ip=client_ip(), hasher=services().passwords,
-                                   lockout=services().lockout, limits=services().limits,
-                                   sealer=services().sealer)
+        credentials.reauthenticate(live, password, code, mfa=mfa, now=now(), ip=client_ip(),
+                                   hasher=services().passwords, lockout=services().lockout,
+                                   limits=services().limits, sealer=services().sealer,
+                                   passkey=passkey)
     except credentials.SignInRefused:
         db.session.commit()
-        error = "That is not right." + (" Check the password and the newest code." if mfa else "")
-        return render_template("login_again.html", form=form, mfa=mfa, user=live.user,
-                               error=error), 401
+        error = ("That passkey was not accepted. Try again." if passkey else
+                 "That is not right." + (" Check the password and the newest code."
+                                         if mfa else ""))
+        return _again_page(live, form, mfa, error, 401)
     except credentials.Throttled as throttled:
         return _refused(throttled, "login_again.html", form)
     db.session.commit()
@@ -241,32 +362,65 @@ def _issuer_host() -> str:
 
 @bp.route("/login/code", methods=["GET", "POST"])
 def second_factor():
-    """The second step of a sign-in: a code from the authenticator app, or a recovery
-    code. Only after a right password in this browser, for a few minutes."""
-    pending, after = session.get(PENDING), session.get("after_login")
-    g.form_action = _form_action_for(pending)
-    waiting = session.get(SECOND_FACTOR)
+    """The second step of a sign-in: a code from the authenticator app, a recovery
+    code, or a passkey. Only after a right password in this browser, for a few minutes."""
+    waiting = _waiting()
+    if waiting is None:
+        return redirect(url_for("auth.login"), 303)
     form = CodeForm()
+    if not form.is_submitted():
+        return _code_page(waiting, form, None)
+    if not form.validate():
+        return _code_page(waiting, form, "Enter the 6-digit code, or a recovery code.", 400)
+    return _second_factor(waiting, form.code.data, form)
+
+
+@bp.post("/login/code/passkey")
+def second_factor_passkey():
+    waiting = _waiting()
+    if waiting is None:
+        return redirect(url_for("auth.login"), 303)
+    form = PasskeyForm()
+    if not form.validate_on_submit():
+        return _code_page(waiting, CodeForm(formdata=None), "The form expired. Try again.", 400)
+    return _second_factor(waiting, passkey_answer(passkeys.SECOND_FACTOR, form),
+                          CodeForm(formdata=None))
+
+
+def _waiting() -> dict | None:
+    """The right password this browser sent in the last few minutes, if any."""
+    waiting = session.get(SECOND_FACTOR)
     if not waiting or waiting["until"] < now().timestamp():
         session.pop(SECOND_FACTOR, None)
         flash("Your sign-in took too long. Enter your email and password again.", "info")
-        return redirect(url_for("auth.login"), 303)
-    if not form.is_submitted():
-        db.session.commit()
-        return render_template("login_code.html", form=form, error=None)
-    if not form.validate():
-        return render_template("login_code.html", form=form,
-                               error="Enter the 6-digit code, or a recovery code."), 400
-    live = current.login_session()
+        return None
+    return waiting
+
+
+def _code_page(waiting: dict, form: CodeForm, error: str | None, status: int = 200):
+    g.form_action = _form_action_for(session.get(PENDING))
+    user = db.session.get(User, waiting["user"])
+    has_passkey = user is not None and bool(passkeys.passkeys(user)) \
+        and relying_party().id is not None
+    db.session.commit()
+    return render_template("login_code.html", form=form, error=error, has_passkey=has_passkey,
+                           passkey_form=PasskeyForm(formdata=None)), status
+
+
+def _second_factor(waiting: dict, proof: str | passkeys.Answer, form: CodeForm):
+    pending, after = session.get(PENDING), session.get("after_login")
+    g.form_action = _form_action_for(pending)
     try:
         started = credentials.complete_second_factor(
-            waiting["user"], waiting["version"], form.code.data, origin(), now=now(),
+            waiting["user"], waiting["version"], proof, origin(), now=now(),
             lockout=services().lockout, limits=services().limits, sealer=services().sealer,
-            replacing=live)
+            replacing=current.login_session())
     except credentials.SignInRefused:
         db.session.commit()
-        return render_template("login_code.html", form=form,
-                               error="That code is not right. Try the newest one."), 401
+        error = ("That passkey was not accepted. Try again, or enter a code."
+                 if isinstance(proof, passkeys.Answer)
+                 else "That code is not right. Try the newest one.")
+        return _code_page(waiting, form, error, 401)
     except (credentials.Throttled, sessions.SessionLimitReached) as refused:
         return _refused(refused, "login_code.html", form)
     return _signed_in(started, pending, after)

@@ -49,3 +49,11 @@ class ReauthenticateForm(FlaskForm):
     password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
     code = StringField("Code", validators=[Length(max=20)])
     submit = SubmitField("Confirm")
+
+
+class PasskeyForm(FlaskForm):
+    """A passkey's answer (``static/passkey.js`` fills ``credential``), named when new."""
+
+    credential = HiddenField(validators=[DataRequired(), Length(max=64 * 1024)])
+    label = StringField("Name", validators=[Length(max=80)])
+    submit = SubmitField("Continue")
