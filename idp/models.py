@@ -538,7 +538,7 @@ class PasskeyChallenge(db.Model):
     __tablename__ = "passkey_challenges"
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
-    challenge: Mapped[str] = mapped_column(sa.String(64))
+    challenge: Mapped[str] = mapped_column(sa.String(128))
     purpose: Mapped[str] = mapped_column(sa.String(16))
     user_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))
     expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -201,7 +201,7 @@ def authenticate(answer: Answer, purpose: str, *, now: datetime, user: User | No
                              "to sign in.")
     try:
         parsed = json.loads(_bounded(answer.credential))
-        credential_id = parsed["id"] if isinstance(parsed, dict) else None
+        credential_id = parsed.get("id") if isinstance(parsed, dict) else None
         handle = (parsed.get("response") or {}).get("userHandle") if credential_id else None
     except (ValueError, TypeError, AttributeError):
         raise refused from None

@@ -27,7 +27,7 @@ def upgrade():
     op.create_table(
         'passkey_challenges',
         sa.Column('id', sa.String(length=32), nullable=False),
-        sa.Column('challenge', sa.String(length=64), nullable=False),
+        sa.Column('challenge', sa.String(length=128), nullable=False),
         sa.Column('purpose', sa.String(length=16), nullable=False),
         sa.Column('user_id', sa.Integer(), nullable=True),
         sa.Column('expires_at', sa.DateTime(), nullable=False),
