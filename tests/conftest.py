@@ -223,12 +223,10 @@ class LiveServer:
     clock: FrozenClock
 
 
-@pytest.fixture
-def live_server(settings, clock, backend):
-    """A real threaded HTTP server on a loopback port, sharing the test's clock and DB."""
+def _serve(settings, clock, backend, host_name: str):
     dispatch = _Dispatch()
     server = make_server("127.0.0.1", 0, dispatch, threaded=True)
-    url = f"http://127.0.0.1:{server.server_port}"
+    url = f"http://{host_name}:{server.server_port}"
     app = create_app({**settings, "ISSUER": url}, clock=clock)
     dispatch.app = app
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -241,3 +239,15 @@ def live_server(settings, clock, backend):
             _truncate()
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.fixture
+def live_server(settings, clock, backend):
+    """A real threaded HTTP server on a loopback port, sharing the test's clock and DB."""
+    yield from _serve(settings, clock, backend, "127.0.0.1")
+
+
+@pytest.fixture
+def localhost_server(settings, clock, backend):
+    """The same, with the issuer named ``localhost`` (browsers refuse passkeys on an IP)."""
+    yield from _serve(settings, clock, backend, "localhost")

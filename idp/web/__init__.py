@@ -18,9 +18,11 @@ from ..models import db
 csrf = CSRFProtect()
 log = logging.getLogger("idp")
 
-# A strict policy: no inline script, no framing (clickjacking on login and consent).
+# A strict policy: no inline script, no framing (clickjacking on login and consent);
+# scripts may fetch only from this origin (the passkey ceremony's options).
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; "
+    "connect-src 'self'; "
     "form-action 'self' {form_action}; frame-ancestors 'none'; base-uri 'none'"
 )
 
