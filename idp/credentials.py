@@ -228,6 +228,32 @@ def enrol_and_sign_in(user_id: int, version: int, factor_id: str, code: str,
     return started, codes
 
 
+def enrol_passkey_and_sign_in(user_id: int, version: int, answer: passkeys.Answer, label: str,
+                              origin: sessions.Origin, *, now: datetime,
+                              replacing: LoginSession | None = None
+                              ) -> tuple[sessions.Started, list[str]]:
+    """As ``enrol_and_sign_in``, with a passkey made now: it is kept, then the session opens
+    (password and passkey) under the credentials the password was verified with. Returns
+    the session and the new recovery codes; ``SignInRefused`` when the browser's answer
+    does not verify. The caller commits."""
+    user = db.session.get(User, user_id)
+    try:
+        added = passkeys.register(user, answer, label, now=now, ip=origin.ip) \
+            if user is not None else None
+    except passkeys.PasskeyRefused:
+        added = None
+    if added is None:
+        db.session.rollback()
+        raise SignInRefused()
+    try:
+        started = sessions.start(user, origin, now=now, verified_version=version,
+                                 replacing=replacing, amr=("pwd", added.method, "mfa"))
+    except sessions.CredentialsChanged:
+        db.session.rollback()
+        raise SignInRefused() from None
+    return started, added.recovery_codes or factors.new_recovery_codes(user, now=now)
+
+
 def reauthenticate(session: LoginSession, password: str | None, code: str | None, *,
                    mfa: bool, now: datetime, ip: str, hasher: Passwords, lockout: Lockout,
                    limits: Limits, sealer: Sealer, passkey: passkeys.Answer | None = None

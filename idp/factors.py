@@ -226,7 +226,9 @@ def remove(user: User, factor_id: str | None, *, now: datetime, actor: str,
     query = sa.delete(AuthFactor).where(AuthFactor.user_id == user.id)
     if factor_id is not None:
         query = query.where(AuthFactor.id == factor_id, AuthFactor.confirmed_at.is_not(None))
-    if db.session.execute(query.execution_options(synchronize_session=False)).rowcount == 0:
+    kinds = sorted(set(db.session.scalars(query.returning(AuthFactor.kind)
+                                          .execution_options(synchronize_session=False))))
+    if not kinds:
         return []
     if not has_second_factor(user):
         db.session.execute(sa.delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
@@ -234,5 +236,6 @@ def remove(user: User, factor_id: str | None, *, now: datetime, actor: str,
     ended = sessions.end_all(user, EndReason.FACTORS_CHANGED, now=now, actor=actor, ip=ip,
                              keep=keep)
     audit.record("factor.removed", now=now, account_id=user.account_id, user_id=user.id,
-                 actor=actor, ip=ip, all=factor_id is None or None, sessions_ended=len(ended))
+                 actor=actor, ip=ip, all=factor_id is None or None, kinds=kinds,
+                 sessions_ended=len(ended))
     return ended

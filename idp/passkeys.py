@@ -113,6 +113,7 @@ class Added:
 
     factor: AuthFactor
     recovery_codes: list[str] | None
+    method: str  # RFC 8176: "hwk" (bound to one device) or "swk" (synced)
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def register(user: User, answer: Answer, label: str, *, now: datetime,
         if factors.recovery_codes_left(user) == 0 else None
     audit.record("factor.added", now=now, account_id=user.account_id, user_id=user.id,
                  actor=f"user:{user.sub}", ip=ip, kind=KIND, label=factor.label)
-    return Added(factor, codes)
+    return Added(factor, codes, _method(verified.credential_device_type))
 
 
 def authentication_options(rp: RelyingParty, purpose: str, *, now: datetime,
@@ -229,9 +230,12 @@ def authenticate(answer: Answer, purpose: str, *, now: datetime, user: User | No
             .values(sign_count=verified.new_sign_count, last_used_at=now)
             .execution_options(synchronize_session=False)).rowcount != 1:
         raise refused
-    method = "swk" if verified.credential_device_type == CredentialDeviceType.MULTI_DEVICE \
-        else "hwk"
-    return Assertion(owner, factor, method, verified.user_verified)
+    return Assertion(owner, factor, _method(verified.credential_device_type),
+                     verified.user_verified)
+
+
+def _method(device_type: CredentialDeviceType) -> str:
+    return "swk" if device_type == CredentialDeviceType.MULTI_DEVICE else "hwk"
 
 
 def _usable(rp: RelyingParty) -> str:

@@ -833,7 +833,7 @@ EVENT_TEXT = {
     "factor.recovery_code_used": "Signed in with a recovery code",
     "session.reauthenticated": "Confirmed it was you",
     "factor.added": "Added a passkey or authenticator app",
-    "factor.removed": "Removed a second factor",
+    "factor.removed": "Removed a passkey or authenticator app",
 }
 
 

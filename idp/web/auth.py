@@ -111,9 +111,10 @@ def login():
                                       limits=services().limits, replacing=live)
     except credentials.SecondFactorNeeded as needed:
         db.session.commit()
-        session[SECOND_FACTOR] = {"user": needed.user.id, "version": needed.version,
-                                  "until": int(now().timestamp()) + SECOND_FACTOR_WINDOW}
         enrol = isinstance(needed, credentials.EnrolmentNeeded)
+        session[SECOND_FACTOR] = {"user": needed.user.id, "version": needed.version,
+                                  "until": int(now().timestamp()) + SECOND_FACTOR_WINDOW,
+                                  "enrol": enrol}
         return redirect(url_for("auth.enrol" if enrol else "auth.second_factor"), 303)
     except credentials.SignInRefused:
         db.session.commit()
@@ -160,13 +161,15 @@ def passkey_options(purpose: str):
 
 def _ceremony_user(purpose: str) -> User | None:
     """Whose passkeys a ceremony is about: the signed-in user (adding one needs a recent
-    authentication), the user whose password was just right, or nobody (sign-in: the
-    browser offers this site's passkeys)."""
-    if purpose == passkeys.SECOND_FACTOR:
-        waiting = session.get(SECOND_FACTOR)
-        if not waiting or waiting["until"] < now().timestamp():
-            return None
-        return db.session.get(User, waiting["user"])
+    authentication), the user whose password was just right (their second factor, or
+    the first one their account requires), or nobody (sign-in: the browser offers this
+    site's passkeys)."""
+    waiting = session.get(SECOND_FACTOR)
+    if not waiting or waiting["until"] < now().timestamp():
+        waiting = None
+    if purpose == passkeys.SECOND_FACTOR or (purpose == passkeys.REGISTER and waiting
+                                             and waiting.get("enrol")):
+        return db.session.get(User, waiting["user"]) if waiting else None
     live = current.login_session() if purpose != passkeys.SIGN_IN else None
     if live is None or (purpose == passkeys.REGISTER and not sessions.recently_authenticated(
             live, now(), config()["REAUTHENTICATE_AFTER"])):
@@ -336,17 +339,52 @@ def enrol():
     if not form.validate_on_submit():
         db.session.commit()
         error = "Enter the 6-digit code your app shows." if form.is_submitted() else None
-        return render_template("login_enrol.html", enrolment=started, form=form,
-                               error=error), 400 if error else 200
+        return _enrol_page(started, form, error)
     try:
         signed_in, codes = credentials.enrol_and_sign_in(
             user.id, waiting["version"], started.factor_id, form.code.data, origin(),
             now=now(), sealer=sealer, replacing=current.login_session())
     except credentials.SignInRefused:
         db.session.commit()
-        return render_template("login_enrol.html", enrolment=started, form=form,
-                               error="That code is not right. Enter the code your app "
-                                     "shows now."), 401
+        return _enrol_page(started, form, "That code is not right. Enter the code your app "
+                                          "shows now.", 401)
+    db.session.commit()
+    target = _resume_target(pending, after)
+    session.clear()  # no session fixation: every pre-login browser value goes
+    response = current_app.make_response(render_template(
+        "account/recovery_codes.html", codes=codes, next_url=target))
+    current.set_cookie(response, signed_in.cookie, signed_in.session)
+    return response
+
+
+def _enrol_page(started: factors.Enrolment, form: CodeForm, error: str | None,
+                status: int | None = None):
+    return render_template("login_enrol.html", enrolment=started, form=form, error=error,
+                           passkey_form=PasskeyForm(formdata=None),
+                           passkeys_usable=relying_party().id is not None
+                           ), status or (400 if error else 200)
+
+
+@bp.post("/login/enrol/passkey")
+def enrol_passkey():
+    """The account requires a second factor: a passkey made now is one, and the session
+    opens with the password and that passkey."""
+    pending, after = session.get(PENDING), session.get("after_login")
+    waiting = _waiting()
+    if waiting is None or not waiting.get("enrol"):
+        return redirect(url_for("auth.login"), 303)
+    form = PasskeyForm()
+    if not form.validate_on_submit():
+        return redirect(url_for("auth.enrol"), 303)
+    try:
+        signed_in, codes = credentials.enrol_passkey_and_sign_in(
+            waiting["user"], waiting["version"], passkey_answer(passkeys.REGISTER, form),
+            form.label.data or "", origin(), now=now(), replacing=current.login_session())
+    except credentials.SignInRefused:
+        db.session.commit()
+        flash("Your browser's passkey could not be verified. Try again, or set up an "
+              "authenticator app.", "info")
+        return redirect(url_for("auth.enrol"), 303)
     db.session.commit()
     target = _resume_target(pending, after)
     session.clear()  # no session fixation: every pre-login browser value goes

@@ -6,6 +6,7 @@ a replayed answer, someone else's passkey, a disabled user.
 
 from __future__ import annotations
 
+import cbor2
 import jwt
 import pytest
 import sqlalchemy as sa
@@ -88,6 +89,12 @@ def test_a_passkey_added_on_the_account_page_signs_in_alone(app, enrolled, party
     assert session_row(app, browser.sid).amr == ["hwk", "mfa"]
     assert "Passkey" in text_of(browser.get("/account/sessions"))
     assert "last used" in text_of(owner.get("/account/security"))
+    # Stored: a public key (COSE EC2, no private part) and a counter, no secret.
+    with app.app_context():
+        stored = db.session.scalar(sa.select(AuthFactor))
+        key = cbor2.loads(stored.public_key)
+        assert stored.secret_sealed is None and key[1] == 2 and -4 not in key
+        assert stored.sign_count == 1
     # A relying party sees multi-factor, the passkey method and when.
     tokens = party("Photos").tokens(browser)
     claims = jwt.decode(tokens["id_token"], options={"verify_signature": False})
@@ -290,3 +297,26 @@ def test_two_answers_racing_with_one_ceremony_open_one_session(app, enrolled, ba
                                    .where(LoginSession.ended_at.is_(None)))
         assert opened == 2  # the owner's, and one of the two
         assert db.session.scalar(sa.select(sa.func.count()).select_from(PasskeyChallenge)) == 0
+
+
+def test_a_required_second_factor_can_be_a_passkey_made_at_sign_in(app, ada, clock):
+    from tests.security.test_second_factor import require_mfa
+
+    require_mfa(app, clock)
+    browser = Browser(app)
+    page = browser.get("/login")
+    step = browser.post("/login", data={"csrf_token": csrf_of(page), "email": ADA,
+                                        "password": PASSWORD})
+    assert step.headers["Location"] == "/login/enrol"
+    token, response = options(browser, "register", "/login/enrol")
+    assert response.status_code == 200, text_of(response)
+    assert browser.cookie() is None  # no session before the factor exists
+    done = browser.post("/login/enrol/passkey", data={
+        "csrf_token": token, "label": "Phone",
+        "credential": SoftAuthenticator(synced=True).create(response.get_json())})
+    assert done.status_code == 200 and "shown only now" in text_of(done)
+    assert session_row(app, browser.sid).amr == ["pwd", "swk", "mfa"]
+    assert "Password and passkey" in text_of(browser.get("/account/sessions"))
+    # Without a right password first, nobody gets a registration ceremony for Ada.
+    stranger = Browser(app)
+    assert options(stranger, "register", "/login")[1].status_code == 401
