@@ -78,11 +78,12 @@ def wait_ready(url: str, process: subprocess.Popen, seconds: float = 60) -> None
     raise SystemExit(f"{url} did not answer in {seconds} s")
 
 
-def start_ours(workdir: Path, database_url: str | None) -> Provider:
+def start_ours(workdir: Path, database_url: str | None, settings: tuple = ()) -> Provider:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
     env.update(IDP_INSTANCE_DIR=str(workdir / "instance"), IDP_KEYS_DIR=str(workdir / "keys"),
                IDP_ISSUER=f"http://127.0.0.1:{port}")
+    env.update(setting.split("=", 1) for setting in settings)
     if database_url:
         env["IDP_DATABASE_URL"] = database_url
     idp = Path(sys.executable).parent / "idp"
@@ -267,15 +268,17 @@ def stop(provider: Provider) -> dict:
 @click.option("--peer-mint", "peer_count", default=25000, show_default=True, type=int,
               help="The same for node-oidc-provider (it answers more requests per second).")
 @click.option("--only", help="Comma-separated substrings of row names to run.")
+@click.option("--set", "settings", multiple=True, metavar="IDP_NAME=VALUE",
+              help="A setting for this provider (repeat), e.g. IDP_KEEPALIVE_REQUESTS=0.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def main(database_url, duration, connections, count, peer_count, only, as_json):
+def main(database_url, duration, connections, count, peer_count, only, settings, as_json):
     if not shutil.which("wrk") or not shutil.which("node"):
         raise SystemExit("needs wrk (apt-get install wrk) and Node.js with npm")
     workdir = Path(tempfile.mkdtemp(prefix="idp-side-by-side-"))
     ours = peer = None
     rows, memory = [], {}
     try:
-        ours = start_ours(workdir, database_url)
+        ours = start_ours(workdir, database_url, settings)
         peer = start_peer(workdir)
         counts = {ours.name: count, peer.name: peer_count}
         for provider in (ours, peer):
@@ -301,6 +304,7 @@ def main(database_url, duration, connections, count, peer_count, only, as_json):
         shutil.rmtree(workdir, ignore_errors=True)
     db_kind = "postgresql" if (database_url or "").startswith("postgresql") else "sqlite"
     result = {"when": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"), "database": db_kind,
+              "settings": list(settings),
               "duration": duration, "connections": connections, "minted": counts,
               "slices": SLICES, "memory": memory, "rows": rows, "cpus": os.cpu_count()}
     RESULTS.mkdir(exist_ok=True)

@@ -165,7 +165,7 @@ def serve_command(host, port, workers, dev, no_demo, as_json) -> None:
     if dev or os.name != "posix":
         app.run(host=host, port=port, debug=False, use_reloader=dev)
         return
-    _gunicorn(host, port, workers)
+    _gunicorn(host, port, workers, app.config["KEEPALIVE_REQUESTS"])
 
 
 def _mark_worker_dead(_server, worker) -> None:
@@ -174,7 +174,22 @@ def _mark_worker_dead(_server, worker) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
-def _gunicorn(host: str, port: int, workers: int) -> None:
+def connection_rotation(requests_per_connection: int):
+    """A gunicorn ``pre_request`` hook: the response to the N-th request on a keep-alive
+    connection says ``Connection: close``. A connection stays with the worker that
+    accepted it, so a proxy's few long-lived connections would otherwise pin the load on
+    whichever workers happened to accept them; reconnecting, they land again, most often
+    on a worker that is free to accept. Closing after a complete response is safe for
+    clients and proxies (RFC 9112 §9.6), unlike an idle timeout."""
+
+    def rotate(_worker, request) -> None:
+        if requests_per_connection and request.req_number >= requests_per_connection:
+            request.must_close = True
+
+    return rotate
+
+
+def _gunicorn(host: str, port: int, workers: int, requests_per_connection: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     class Server(BaseApplication):
@@ -190,6 +205,7 @@ def _gunicorn(host: str, port: int, workers: int) -> None:
             # proxy never reuses one the server has just closed (a 502 for the user).
             self.cfg.set("keepalive", 75)
             self.cfg.set("child_exit", _mark_worker_dead)
+            self.cfg.set("pre_request", connection_rotation(requests_per_connection))
 
         def load(self):
             from . import create_app

@@ -100,6 +100,9 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "KEYS_RELOAD_INTERVAL": (30, "int", "Seconds between checks for keys rotated by another node"),
     # -- server
     "WORKERS": (2, "int", "Default worker processes for `idp serve`"),
+    "KEEPALIVE_REQUESTS": (100, "int", "Requests answered on one keep-alive connection before "
+                           "`idp serve` closes it (so long-lived connections, a proxy's, move "
+                           "between workers; 0: never)"),
     "ACCESS_LOG": (True, "bool", "One JSON access-log line per request (path without query)"),
 }
 
@@ -233,6 +236,8 @@ def _validate(config: dict) -> None:
             "or active users would be signed out for inactivity"
         )
     _bounded(config, "RATE_LIMIT_SYNC", timedelta(0), timedelta(seconds=60))
+    if not (config["KEEPALIVE_REQUESTS"] == 0 or 10 <= config["KEEPALIVE_REQUESTS"] <= 100000):
+        raise ConfigError("IDP_KEEPALIVE_REQUESTS must be 0 (never close) or 10-100000")
     if not 1 <= config["LOGIN_MAX_FAILURES"] <= 100:
         raise ConfigError("IDP_LOGIN_MAX_FAILURES must be between 1 and 100")
     if not 1 <= config["LOGIN_DELAY_AFTER"] <= config["LOGIN_MAX_FAILURES"]:

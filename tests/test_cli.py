@@ -571,6 +571,13 @@ def test_serve_creates_a_working_demo_once(home, tmp_path):
             assert account_page.status_code == 200
             assert demo["user"] in account_page.text
 
+        # A keep-alive connection is closed after IDP_KEEPALIVE_REQUESTS answers (100), so
+        # long-lived connections move between workers.
+        with httpx.Client(base_url=issuer, timeout=10) as client:
+            seen = [client.get("/healthz").headers.get("connection") for _ in range(101)]
+        assert seen[:99] == ["keep-alive"] * 99 and seen[99] == "close", seen[95:]
+        assert seen[100] == "keep-alive"  # the next connection starts counting again
+
         # The printed secret authenticates the client: a bogus code is then the only problem.
         token = {"grant_type": "authorization_code", "code": "bogus",
                  "redirect_uri": demo["redirect_uri"]}
