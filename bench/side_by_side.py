@@ -84,7 +84,14 @@ def start_ours(workdir: Path, database_url: str | None, settings: tuple = ()) ->
     env.update(IDP_INSTANCE_DIR=str(workdir / "instance"), IDP_KEYS_DIR=str(workdir / "keys"),
                IDP_ISSUER=f"http://127.0.0.1:{port}")
     env.update(setting.split("=", 1) for setting in settings)
-    if database_url:
+    if database_url:  # wiped first: `idp serve` creates the demo on an empty database
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(database_url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+            conn.execute(sa.text("CREATE SCHEMA public"))
+        engine.dispose()
         env["IDP_DATABASE_URL"] = database_url
     idp = Path(sys.executable).parent / "idp"
     process = subprocess.Popen([str(idp), "serve", "--json", "--port", str(port)], cwd=workdir,
@@ -175,14 +182,14 @@ def mint(provider: Provider, workdir: Path, kind: str, count: int) -> None:
               "client_secret": provider.client_secret, "redirect_uri": provider.redirect_uri,
               "challenge": CHALLENGE, "verifier": VERIFIER, "cookie": cookie, "count": count,
               "concurrency": 16, "kind": kind}
-    click.echo(f"minting {count} {kind} through {provider.name}'s front door", err=True)
     started = time.monotonic()
     result = subprocess.run(["node", str(PEER.parent / "mint.mjs"), json.dumps(config)],
                             capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
         raise SystemExit(f"minting failed: {result.stderr[-1500:]}")
     rows = [line.split(" ") for line in result.stdout.splitlines() if line]
-    click.echo(f"  {len(rows)} in {time.monotonic() - started:.1f} s", err=True)
+    click.echo(f"  minted {len(rows)} {kind} through {provider.name}'s front door in "
+               f"{time.monotonic() - started:.1f} s", err=True)
     folder = workdir / provider.name.replace(" ", "-")
     folder.mkdir(exist_ok=True)
     names = ("codes",) if kind == "codes" else ("access_tokens", "refresh_tokens")
@@ -213,13 +220,19 @@ def load_env(provider: Provider, path_key: str, data: str | None, offset: int) -
 
 
 def side_by_side(ours: Provider, peer: Provider, row: tuple, duration: int,
-                 connections: int) -> dict:
+                 connections: int, workdir: Path, counts: dict) -> dict:
     name, script, path_key, data = row
     each = max(1, round(duration / SLICES))
     slices = {ours.name: [], peer.name: []}
     offsets = {ours.name: 0, peer.name: 0}
     for _ in range(SLICES):
         for provider in (ours, peer):
+            if data == "codes":  # codes live a minute: minted just before each slice,
+                # as many as the last slice used and a third more
+                done = slices[provider.name]
+                mint(provider, workdir, "codes", int(done[-1]["rps"] * each * 1.35) + 200
+                     if done else counts[provider.name] // SLICES)
+                offsets[provider.name] = 0
             part = wrk(provider.base + provider.paths[path_key], LUA / script,
                        load_env(provider, path_key, data, offsets[provider.name]), each,
                        connections, 2)
@@ -259,13 +272,15 @@ def stop(provider: Provider) -> dict:
 
 
 @click.command()
-@click.option("--database-url", help="This provider's database (default: SQLite, as `idp serve`).")
+@click.option("--database-url", help="This provider's PostgreSQL database, wiped first "
+                                    "(default: SQLite, as `idp serve`).")
 @click.option("--duration", default=8, show_default=True, type=int,
               help="Seconds per endpoint and provider.")
 @click.option("--connections", default=16, show_default=True, type=int)
 @click.option("--mint", "count", default=4000, show_default=True, type=int,
-              help="Codes minted for this provider (each exchanged once).")
-@click.option("--peer-mint", "peer_count", default=25000, show_default=True, type=int,
+              help="Codes minted for this provider's first exchange slices, all together "
+                   "(later slices: what the last one used and a third more).")
+@click.option("--peer-mint", "peer_count", default=16000, show_default=True, type=int,
               help="The same for node-oidc-provider (it answers more requests per second).")
 @click.option("--only", help="Comma-separated substrings of row names to run.")
 @click.option("--set", "settings", multiple=True, metavar="IDP_NAME=VALUE",
@@ -289,10 +304,7 @@ def main(database_url, duration, connections, count, peer_count, only, settings,
         for row in LOADS:
             if only and not any(part in row[0] for part in only.split(",")):
                 continue
-            if row[3] == "codes":
-                for provider in (ours, peer):
-                    mint(provider, workdir, "codes", counts[provider.name])
-            result = side_by_side(ours, peer, row, duration, connections)
+            result = side_by_side(ours, peer, row, duration, connections, workdir, counts)
             rows.append(result)
             click.echo(f"{row[0]:30} node {result[peer.name]['rps']:8.0f}  ours "
                        f"{result[ours.name]['rps']:8.0f}  ratio {result['ratio']:.2f}  "
