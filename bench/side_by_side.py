@@ -231,7 +231,7 @@ def side_by_side(ours: Provider, peer: Provider, row: tuple, duration: int,
                 # as many as the last slice used and a third more
                 done = slices[provider.name]
                 mint(provider, workdir, "codes", int(done[-1]["rps"] * each * 1.35) + 200
-                     if done else counts[provider.name] // SLICES)
+                     if done else counts[provider.name])
                 offsets[provider.name] = 0
             part = wrk(provider.base + provider.paths[path_key], LUA / script,
                        load_env(provider, path_key, data, offsets[provider.name]), each,
@@ -277,10 +277,10 @@ def stop(provider: Provider) -> dict:
 @click.option("--duration", default=8, show_default=True, type=int,
               help="Seconds per endpoint and provider.")
 @click.option("--connections", default=16, show_default=True, type=int)
-@click.option("--mint", "count", default=4000, show_default=True, type=int,
-              help="Codes minted for this provider's first exchange slices, all together "
-                   "(later slices: what the last one used and a third more).")
-@click.option("--peer-mint", "peer_count", default=16000, show_default=True, type=int,
+@click.option("--mint", "count", default=1500, show_default=True, type=int,
+              help="Codes minted for this provider's first exchange slice (later slices: "
+                   "what the last one used and a third more).")
+@click.option("--peer-mint", "peer_count", default=8000, show_default=True, type=int,
               help="The same for node-oidc-provider (it answers more requests per second).")
 @click.option("--only", help="Comma-separated substrings of row names to run.")
 @click.option("--set", "settings", multiple=True, metavar="IDP_NAME=VALUE",

@@ -115,27 +115,26 @@ def claim_code(value: str, client_id: str, *, now: datetime, ip: str | None = No
     parts = passwords.split_token(value)
     if parts is None:
         return Claim()
+    # The usual case in one statement: this client's code, the right secret (its hash),
+    # unused and unexpired, marked used as it is read.
+    code = db.session.scalars(
+        sa.update(AuthorizationCode)
+        .where(AuthorizationCode.id == parts[0],
+               AuthorizationCode.secret_hash == passwords.hash_secret(parts[1]),
+               AuthorizationCode.client_id == client_id,
+               AuthorizationCode.used_at.is_(None),
+               AuthorizationCode.expires_at > now)
+        .values(used_at=now)
+        .returning(AuthorizationCode)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if code is not None:
+        return Claim(row=code)
     code = db.session.get(AuthorizationCode, parts[0])
     if code is None or not passwords.verify_secret(parts[1], code.secret_hash):
         return Claim()
-    if code.client_id != client_id:
-        return Claim()
-    claimed = db.session.execute(
-        sa.update(AuthorizationCode)
-        .where(
-            AuthorizationCode.id == code.id,
-            AuthorizationCode.used_at.is_(None),
-            AuthorizationCode.expires_at > now,
-        )
-        .values(used_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if claimed:
-        code.used_at = now
-        return Claim(row=code)
-    db.session.refresh(code)
-    if code.used_at is None or code.family_id is None:
-        return Claim()  # expired, or killed with its session before use
+    if code.client_id != client_id or code.used_at is None or code.family_id is None:
+        return Claim()  # another client's, expired, or killed with its session before use
     revoked = revoke_family(code.family_id, "code_reuse", now=now)
     audit.record(
         "code.reused",
