@@ -62,6 +62,7 @@ class Provider:
     redirect_uri: str
     paths: dict
     cookies: dict = field(default_factory=dict)  # a signed-in browser's cookies, if any
+    demo: dict = field(default_factory=dict)  # this provider's demo user and client
     files: dict = field(default_factory=dict)
 
 
@@ -114,6 +115,7 @@ def start_ours(workdir: Path, database_url: str | None, settings: tuple = ()) ->
                                                  "password": demo["password"]})
         assert signed_in.status_code == 303, signed_in.text[:300]
         ours.cookies = dict(browser.cookies)
+    ours.demo = demo
     return ours
 
 

@@ -97,7 +97,7 @@ def _setup_services(app: Flask, settings: dict, clock: Clock) -> None:
         config=app.config,
         clock=clock,
         keys=keys,
-        passwords=passwords.Passwords(hasher),
+        passwords=passwords.Passwords(hasher, concurrency=settings["ARGON2_CONCURRENCY"]),
         locator=devices.Locator(settings["GEOIP_DATABASE"]),
         limits=counters.Limits(counted, app.config, batched=batched),
         lockout=Lockout(counted, max_failures=settings["LOGIN_MAX_FAILURES"],

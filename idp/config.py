@@ -96,6 +96,8 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "ARGON2_TIME_COST": (3, "int", "argon2id iterations"),
     "ARGON2_MEMORY_COST": (65536, "int", "argon2id memory in KiB"),
     "ARGON2_PARALLELISM": (4, "int", "argon2id lanes"),
+    "ARGON2_CONCURRENCY": (1, "int", "argon2id checks run at once per worker process, at a "
+                           "lower CPU priority than requests; more sign-ins queue (1-16)"),
     # -- keys
     "KEYS_RELOAD_INTERVAL": (30, "int", "Seconds between checks for keys rotated by another node"),
     # -- server
@@ -236,6 +238,8 @@ def _validate(config: dict) -> None:
             "or active users would be signed out for inactivity"
         )
     _bounded(config, "RATE_LIMIT_SYNC", timedelta(0), timedelta(seconds=60))
+    if not 1 <= config["ARGON2_CONCURRENCY"] <= 16:
+        raise ConfigError("IDP_ARGON2_CONCURRENCY must be between 1 and 16")
     if not (config["KEEPALIVE_REQUESTS"] == 0 or 10 <= config["KEEPALIVE_REQUESTS"] <= 100000):
         raise ConfigError("IDP_KEEPALIVE_REQUESTS must be 0 (never close) or 10-100000")
     if not 1 <= config["LOGIN_MAX_FAILURES"] <= 100:

@@ -162,3 +162,39 @@ def test_the_longest_well_formed_value_is_accepted_and_anything_longer_is_not():
     assert split_token(f"{'a' * 32}.{secret}") == ("a" * 32, secret)  # 76 characters
     assert split_token(f"{'a' * 33}.{secret}") is None
     assert split_token("a" * 81) is None
+
+
+class WhereHasher(PasswordHasher):
+    """A real argon2id hasher that notes which thread ran each check, at what priority."""
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.seen: list[tuple[str, int]] = []
+
+    def verify(self, hash, password):
+        import os
+        import threading
+
+        self.seen.append((threading.current_thread().name,
+                          os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return super().verify(hash, password)
+
+
+def test_checks_run_on_the_hashing_pool_behind_request_threads():
+    """A burst of sign-ins must not take the CPU from token requests: argon2 runs on a
+    small pool whose threads (and the lanes argon2 starts) have a lower priority."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    hasher = WhereHasher(**FAST)
+    checker = Passwords(hasher, concurrency=2)
+    stored = checker.hash(PASSWORD)
+    request_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with ThreadPoolExecutor(6) as requests:
+        results = list(requests.map(lambda _: checker.verify(stored, PASSWORD)[0], range(12)))
+    assert results == [True] * 12
+    names = {name for name, _ in hasher.seen}
+    assert all(name.startswith("argon2") for name in names) and 1 <= len(names) <= 2
+    assert {priority for _, priority in hasher.seen} == {
+        min(19, request_priority + passwords.HASHING_NICENESS)}
