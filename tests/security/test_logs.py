@@ -169,7 +169,7 @@ def test_the_production_access_log_records_paths_without_query_strings(monkeypat
         seen["accesslog"] = self.cfg.accesslog
 
     monkeypatch.setattr(BaseApplication, "run", capture)
-    cli._gunicorn("127.0.0.1", 0, 1)
+    cli._gunicorn("127.0.0.1", 0, 1, 100)
     assert seen["accesslog"] is None
 
     records = []
