@@ -10,7 +10,7 @@ from .. import credentials, factors, passkeys, sessions, step_up
 from ..models import EndReason, db
 from ..runtime import client_ip, config, now, services
 from . import current
-from .auth import passkey_answer, relying_party, remember_step_up
+from .auth import issuer_name, passkey_answer, relying_party, remember_step_up
 from .forms import ActionForm, CodeForm, PasskeyForm, PasswordForm
 
 bp = Blueprint("account", __name__, url_prefix="/account")
@@ -297,7 +297,7 @@ def add_passkey():
 def start_totp():
     if not ActionForm().validate_on_submit():
         abort(400)
-    started = factors.start_totp(g.user, issuer_name=_issuer_name(), sealer=services().sealer,
+    started = factors.start_totp(g.user, issuer_name=issuer_name(), sealer=services().sealer,
                                  now=now())
     db.session.commit()
     return redirect(url_for("account.confirm_totp", factor_id=started.factor_id), 303)
@@ -308,7 +308,7 @@ def start_totp():
 def confirm_totp(factor_id: str):
     """Scan the QR code (or type the key), then prove it with the app's first code; the
     recovery codes are shown once, on the answer."""
-    enrolment = factors.enrolment(g.user, factor_id, issuer_name=_issuer_name(),
+    enrolment = factors.enrolment(g.user, factor_id, issuer_name=issuer_name(),
                                   sealer=services().sealer)
     if enrolment is None:
         abort(404)
@@ -326,13 +326,6 @@ def confirm_totp(factor_id: str):
     db.session.commit()
     return render_template("account/totp.html", enrolment=enrolment, form=form,
                            error=error), 400 if error else 200
-
-
-def _issuer_name() -> str:
-    """What authenticator apps show above the code: the issuer's host."""
-    from urllib.parse import urlsplit
-
-    return urlsplit(config()["ISSUER"]).hostname or "Identity"
 
 
 @bp.post("/security/<factor_id>/remove")

@@ -328,7 +328,7 @@ def enrol():
         flash("Your sign-in took too long. Enter your email and password again.", "info")
         return redirect(url_for("auth.login"), 303)
     user = db.session.get(User, waiting["user"])
-    sealer, issuer = services().sealer, _issuer_host()
+    sealer, issuer = services().sealer, issuer_name()
     started = factors.enrolment(user, waiting.get("factor", ""), issuer_name=issuer,
                                 sealer=sealer) if waiting.get("factor") else None
     if started is None:
@@ -394,7 +394,8 @@ def enrol_passkey():
     return response
 
 
-def _issuer_host() -> str:
+def issuer_name() -> str:
+    """What authenticator apps show above the code: the issuer's host."""
     return urlsplit(config()["ISSUER"]).hostname or "Identity"
 
 
