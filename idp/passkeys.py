@@ -158,7 +158,7 @@ def register(user: User, answer: Answer, label: str, *, now: datetime,
         verified = verify_registration_response(
             credential=_bounded(answer.credential), expected_challenge=challenge,
             expected_rp_id=_usable(answer.rp), expected_origin=answer.rp.origin)
-    except (WebAuthnException, ValueError, TypeError, KeyError) as refused:
+    except (WebAuthnException, ValueError, TypeError, KeyError, RecursionError) as refused:
         raise PasskeyRefused("Your browser's answer could not be verified. Try again.") \
             from refused
     credential_id = bytes_to_base64url(verified.credential_id)
@@ -204,7 +204,7 @@ def authenticate(answer: Answer, purpose: str, *, now: datetime, user: User | No
         parsed = json.loads(_bounded(answer.credential))
         credential_id = parsed.get("id") if isinstance(parsed, dict) else None
         handle = (parsed.get("response") or {}).get("userHandle") if credential_id else None
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):  # deep nesting too
         raise refused from None
     factor = db.session.scalar(sa.select(AuthFactor).where(
         AuthFactor.credential_id == credential_id, AuthFactor.kind == KIND)) \
@@ -221,7 +221,7 @@ def authenticate(answer: Answer, purpose: str, *, now: datetime, user: User | No
             expected_origin=rp.origin, credential_public_key=factor.public_key,
             credential_current_sign_count=factor.sign_count,
             require_user_verification=purpose != SECOND_FACTOR)
-    except (WebAuthnException, ValueError, TypeError, KeyError):
+    except (WebAuthnException, ValueError, TypeError, KeyError, RecursionError):
         raise refused from None
     counted = (AuthFactor.sign_count < verified.new_sign_count if verified.new_sign_count
                else AuthFactor.sign_count == 0)  # 0: this authenticator does not count

@@ -67,7 +67,7 @@ def _wanted(acr_values: str | None, claims: str | None) -> tuple[set[str], bool]
         return wanted, False
     try:
         parsed = json.loads(claims)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python parses
         raise ValueError("'claims' must be a JSON object.") from None
     if not isinstance(parsed, dict):
         raise ValueError("'claims' must be a JSON object.")

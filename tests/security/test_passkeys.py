@@ -263,7 +263,7 @@ def test_ceremony_options_need_the_pages_token_and_are_counted(app):
 def test_garbage_answers_get_the_login_page_never_a_500(app, enrolled):
     browser = Browser(app)
     for garbage in ("x", "{}", "[]", '{"id": 5}', '{"id": "' + "A" * 5000 + '"}', "null",
-                    '{"id": "abc", "response": []}'):
+                    '{"id": "abc", "response": []}', "[" * 20000 + "]" * 20000):
         token, _ = options(browser, "sign_in", "/login")
         response = browser.post("/login/passkey", data={"csrf_token": token,
                                                         "credential": garbage})
@@ -297,6 +297,18 @@ def test_two_answers_racing_with_one_ceremony_open_one_session(app, enrolled, ba
                                    .where(LoginSession.ended_at.is_(None)))
         assert opened == 2  # the owner's, and one of the two
         assert db.session.scalar(sa.select(sa.func.count()).select_from(PasskeyChallenge)) == 0
+
+
+def test_garbage_new_passkeys_get_the_page_again_never_a_500(app, ada):
+    owner = Browser(app)
+    owner.login(ADA)
+    for garbage in ("x", "{}", '{"id": "a", "response": {}}', "[" * 20000 + "]" * 20000):
+        token, response = options(owner, "register", "/account/security/passkey")
+        assert response.status_code == 200
+        refused = owner.post("/account/security/passkey", data={
+            "csrf_token": token, "label": "x", "credential": garbage})
+        assert refused.status_code == 400, (garbage[:20], refused.status_code)
+        assert "could not be verified" in text_of(refused)
 
 
 def test_a_required_second_factor_can_be_a_passkey_made_at_sign_in(app, ada, clock):

@@ -159,6 +159,27 @@ def test_a_1_mb_id_token_hint_gets_a_clean_4xx(app, ada, party, signed_in):
     assert session_state(app, b.sid) == (None, None)
 
 
+def test_json_nested_deeper_than_python_parses_is_refused_never_a_500(app, ada, party,
+                                                                     signed_in):
+    """Every parser of user input refuses what it cannot represent: JSON nested a few
+    thousand levels deep raises RecursionError in Python's parser, not ValueError."""
+    import base64
+
+    photos = party("Photos")
+    deep = "[" * 5000 + "]" * 5000
+    payload = base64.urlsafe_b64encode(deep.encode()).rstrip(b"=").decode()
+    assertion = photos.token({
+        "grant_type": "client_credentials", "client_id": photos.client_id,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": f"eyJhbGciOiJSUzI1NiJ9.{payload}.c2ln"}, auth=None)
+    assert assertion.status_code == 401 and assertion.get_json()["error"] == "invalid_client"
+    b = signed_in(ADA)
+    claims = b.get(photos.authorize_url(claims="{" + '"a":' * 3000 + "1" + "}" * 3000))
+    assert claims.status_code in (302, 303, 400), claims.status_code
+    nested = b.get(photos.authorize_url(claims='{"id_token": ' + deep + "}"))
+    assert nested.status_code in (302, 303, 400), nested.status_code
+
+
 # -- redirects after a POST ---------------------------------------------------------------------
 
 
