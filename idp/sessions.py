@@ -39,6 +39,7 @@ from .models import (
     LogoutAttempt,
     LogoutDelivery,
     OnLimit,
+    PasskeyChallenge,
     RefreshToken,
     RevokedAccessToken,
     TokenFamily,
@@ -743,12 +744,12 @@ DEVICE_CODE_GRACE = timedelta(hours=1)
 
 def purge_spent(now: datetime, *, batch: int = 500) -> int:
     """Rows that only wait for an approval or guard against a replay, once past their
-    time: expired device codes, used client assertions and single access-token
-    revocations past the token's own expiry. Batches of their own transactions; returns
-    how many rows went."""
+    time: expired device codes, used client assertions, single access-token
+    revocations past the token's own expiry, and passkey challenges never answered.
+    Batches of their own transactions; returns how many rows went."""
     purged = 0
     for model, cutoff in ((DeviceCode, now - DEVICE_CODE_GRACE), (UsedAssertion, now),
-                          (RevokedAccessToken, now)):
+                          (RevokedAccessToken, now), (PasskeyChallenge, now)):
         key = model.__mapper__.primary_key[0]
         while True:
             due = sa.select(key).where(model.expires_at <= cutoff).order_by(model.expires_at)

@@ -306,6 +306,7 @@ def test_sweep_expires_stale_sessions_and_purges_old_history(home):
         DeviceCode,
         EndReason,
         LoginSession,
+        PasskeyChallenge,
         RevokedAccessToken,
         UsedAssertion,
         db,
@@ -340,11 +341,15 @@ def test_sweep_expires_stale_sessions_and_purges_old_history(home):
         db.session.add(UsedAssertion(key="c:j2", expires_at=now + timedelta(minutes=1)))
         db.session.add(RevokedAccessToken(jti="j1", family_id="f", revoked_at=now,
                                           expires_at=now - timedelta(minutes=1)))
+        for ceremony, expires in (("old", now - timedelta(minutes=1)),
+                                  ("new", now + timedelta(minutes=4))):
+            db.session.add(PasskeyChallenge(id=ceremony, challenge="c", purpose="sign_in",
+                                            expires_at=expires))
         db.session.commit()
     dispose(app)
 
     out = one_json_object(idp(home, "sweep", "--json"))
-    assert out == {"expired": 1, "purged": 1, "spent": 3}
+    assert out == {"expired": 1, "purged": 1, "spent": 4}
 
     app = in_process_app(home)
     with app.app_context():
@@ -355,6 +360,7 @@ def test_sweep_expires_stale_sessions_and_purges_old_history(home):
         assert [row.id for row in db.session.scalars(sa.select(DeviceCode))] == ["LIVE-CODE"]
         assert [row.key for row in db.session.scalars(sa.select(UsedAssertion))] == ["c:j2"]
         assert db.session.scalars(sa.select(RevokedAccessToken)).all() == []
+        assert [row.id for row in db.session.scalars(sa.select(PasskeyChallenge))] == ["new"]
     dispose(app)
 
 
