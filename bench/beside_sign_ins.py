@@ -1,6 +1,7 @@
-"""Token traffic while sign-ins run at full rate: introspection for 8 s alone, then beside
-4 clients signing in as fast as they are answered, then alone again (`idp serve`
-defaults, SQLite in a fresh folder, tokens minted through the front door).
+"""Token traffic while sign-ins run at full rate: introspection, then the refresh grant,
+each for 8 s alone, then beside 4 clients signing in as fast as they are answered, then
+alone again (`idp serve` defaults, SQLite in a fresh folder, tokens minted through the
+front door; refresh goes on from each rotated token).
 
     .venv/bin/python bench/beside_sign_ins.py [--set IDP_ARGON2_CONCURRENCY=2]
 """
@@ -43,10 +44,14 @@ def sign_ins(base: str, email: str, password: str, done: threading.Event, out: l
 def main(clients, duration, settings):
     workdir = Path(tempfile.mkdtemp())
     ours = start_ours(workdir, None, settings)
+    offsets: dict = {}
     try:
-        mint(ours, workdir, "tokens", 300)
-        for phase, count in (("alone", 0), (f"beside {clients} sign-ins", clients),
-                             ("alone again", 0)):
+        mint(ours, workdir, "tokens", 400)
+        for (load, script, data), (phase, count) in (
+                (load, phase) for load in (("introspection", "introspect.lua", "access_tokens"),
+                                           ("token", "refresh.lua", "refresh_tokens"))
+                for phase in (("alone", 0), (f"beside {clients} sign-ins", clients),
+                              ("alone again", 0))):
             done, out = threading.Event(), []
             threads = [threading.Thread(target=sign_ins, args=(
                 ours.base, ours.demo["user"], ours.demo["password"], done, out))
@@ -54,13 +59,16 @@ def main(clients, duration, settings):
             for thread in threads:
                 thread.start()
             time.sleep(1 if threads else 0)
-            stats = wrk(ours.base + ours.paths["introspection"], LUA / "introspect.lua",
-                        load_env(ours, "introspection", "access_tokens", 0), duration, 16, 2)
+            stats = wrk(ours.base + ours.paths[load], LUA / script,
+                        load_env(ours, load, data, offsets.get(load, 0)), duration, 16, 2)
+            offsets[load] = max(offsets.get(load, 0), stats.get("cursor", 0))
             done.set()
             for thread in threads:
                 thread.join()
             ok = [seconds for status, seconds in out if status == 303]
-            line = f"{phase:20} introspection {stats['rps']:7.0f} req/s, p99 {stats['p99_ms']:6.1f} ms"
+            name = "introspection" if load == "introspection" else "refresh"
+            line = (f"{name:13} {phase:20} {stats['rps']:7.0f} req/s, p99 "
+                    f"{stats['p99_ms']:6.1f} ms, errors {stats['errors']}")
             if count:
                 line += (f"; sign-ins {len(ok)} of {len(out)} ({len(ok) / (duration + 1):.1f}/s), "
                          f"p50 {statistics.median(ok):.2f} s")
