@@ -253,8 +253,7 @@ def reauthenticate():
     if live is None:
         db.session.commit()
         return redirect(url_for("auth.login"), 303)
-    wanted = session.get(STEP_UP)
-    mfa = bool(wanted and wanted.get("sid") == live.id and wanted.get("mfa"))
+    mfa = _second_factor_wanted(live)
     form = ReauthenticateForm()
     if not form.is_submitted():
         return _again_page(live, form, mfa, None)
@@ -270,14 +269,19 @@ def reauthenticate_passkey():
     if live is None:
         db.session.commit()
         return redirect(url_for("auth.login"), 303)
-    wanted = session.get(STEP_UP)
-    mfa = bool(wanted and wanted.get("sid") == live.id and wanted.get("mfa"))
+    mfa = _second_factor_wanted(live)
     form = PasskeyForm()
     if not form.validate_on_submit():
         return _again_page(live, ReauthenticateForm(formdata=None), mfa,
                            "The form expired. Try again.", 400)
     return _confirmed(live, ReauthenticateForm(formdata=None), mfa,
                       passkey=passkey_answer(passkeys.CONFIRM, form))
+
+
+def _second_factor_wanted(live: LoginSession) -> bool:
+    """Whether the step-up this browser was sent for asks this session for a second factor."""
+    wanted = session.get(STEP_UP)
+    return bool(wanted and wanted.get("sid") == live.id and wanted.get("mfa"))
 
 
 def _again_page(live: LoginSession, form: ReauthenticateForm, mfa: bool, error: str | None,
