@@ -123,8 +123,8 @@ class HotQuery:
     (``bench/BASELINE.md``). What stays SQLAlchemy's: the SQL, each parameter's and
     column's type conversion, and ``Connection._cursor_execute`` (SQLAlchemy's own path
     for such statements): cursor events fire (without an execution context) and a driver
-    error is wrapped, a dead connection invalidated, as for any statement. Reads use
-    ``first``, writes (one row's UPDATE or INSERT) ``run``."""
+    error is wrapped, a dead connection invalidated, as for any statement. Reads (and a
+    write's RETURNING row) use ``first``, writes (one row's UPDATE or INSERT) ``run``."""
 
     def __init__(self, statement: sa.Select | sa.Update | sa.Insert):
         self.statement = statement
@@ -181,7 +181,7 @@ class HotQuery:
         compiled = self.statement.compile(dialect=dialect)
         names = compiled.positiontup if dialect.positional else None
         binds = dict(compiled._bind_processors)  # by parameter name
-        columns = getattr(self.statement, "selected_columns", ())
+        columns = self.statement.exported_columns  # a SELECT's columns, or what it RETURNs
         processors = [(index, process) for index, process in enumerate(
             column.type.dialect_impl(dialect).result_processor(dialect, None)
             for column in columns) if process is not None]
@@ -470,25 +470,6 @@ class AuthorizationCode(db.Model):
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
     family_id: Mapped[str | None] = mapped_column(sa.String(32))
-
-    # -- Authlib AuthorizationCodeMixin
-    def get_redirect_uri(self) -> str:
-        return self.redirect_uri
-
-    def get_scope(self) -> str:
-        return self.scope
-
-    def get_nonce(self) -> str | None:
-        return self.nonce
-
-    def get_auth_time(self) -> int:
-        return int(self.auth_time.timestamp())
-
-    def get_acr(self) -> str:
-        return acr_of(self.amr)
-
-    def get_amr(self) -> list:
-        return list(self.amr or [])
 
 
 class Consent(db.Model):

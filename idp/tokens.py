@@ -31,6 +31,7 @@ from .models import (
     RevokedAccessToken,
     TokenFamily,
     User,
+    acr_of,
     db,
 )
 from .policy import SessionPolicy
@@ -105,31 +106,76 @@ def save_code(
 class Claim:
     """Outcome of presenting a one-time credential."""
 
-    row: AuthorizationCode | PresentedRefresh | None = None
+    row: PresentedCode | PresentedRefresh | None = None
     reused: bool = False
 
 
-def claim_code(value: str, client_id: str, *, now: datetime, ip: str | None = None) -> Claim:
-    """Use a code once. A second use revokes the family the first use produced
-    (RFC 6749 §4.1.2); the caller commits that revocation before answering."""
+@dataclass(frozen=True, slots=True)
+class PresentedCode:
+    """A code as its exchange claimed it (the columns Authlib's grant and the ID token
+    ask for), read by the claim's own statement: no ORM object on the exchange."""
+
+    id: str
+    client_id: str
+    session_id: str
+    user_id: int
+    redirect_uri: str
+    scope: str
+    nonce: str | None
+    code_challenge: str | None
+    code_challenge_method: str | None
+    auth_time: datetime
+    amr: list
+    used_at: datetime
+    family_id: str | None
+
+    # -- Authlib AuthorizationCodeMixin (as ``models.AuthorizationCode``)
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+    def get_nonce(self) -> str | None:
+        return self.nonce
+
+    def get_auth_time(self) -> int:
+        return int(self.auth_time.timestamp())
+
+    def get_acr(self) -> str:
+        return acr_of(self.amr)
+
+    def get_amr(self) -> list:
+        return list(self.amr or [])
+
+
+_AC = AuthorizationCode.__table__.c
+#: The usual case in one statement: this client's code, the right secret (its hash), unused
+#: and unexpired, marked used (and given the family its exchange starts) as it is read.
+_CLAIM_CODE = HotQuery(
+    sa.update(AuthorizationCode.__table__)
+    .where(_AC.id == sa.bindparam("code_id"), _AC.secret_hash == sa.bindparam("secret_hash"),
+           _AC.client_id == sa.bindparam("client_id"), _AC.used_at.is_(None),
+           _AC.expires_at > sa.bindparam("now"))
+    .values(used_at=sa.bindparam("used_at"), family_id=sa.bindparam("family_id"))
+    .returning(_AC.id, _AC.client_id, _AC.session_id, _AC.user_id, _AC.redirect_uri, _AC.scope,
+               _AC.nonce, _AC.code_challenge, _AC.code_challenge_method, _AC.auth_time, _AC.amr,
+               _AC.used_at, _AC.family_id))
+
+
+def claim_code(value: str, client_id: str, *, now: datetime, ip: str | None = None,
+               family_id: str | None = None) -> Claim:
+    """Use a code once, recording ``family_id``, the family its exchange starts
+    (``open_family``). A second use revokes that family (RFC 6749 §4.1.2); the caller
+    commits that revocation before answering."""
     parts = passwords.split_token(value)
     if parts is None:
         return Claim()
-    # The usual case in one statement: this client's code, the right secret (its hash),
-    # unused and unexpired, marked used as it is read.
-    code = db.session.scalars(
-        sa.update(AuthorizationCode)
-        .where(AuthorizationCode.id == parts[0],
-               AuthorizationCode.secret_hash == passwords.hash_secret(parts[1]),
-               AuthorizationCode.client_id == client_id,
-               AuthorizationCode.used_at.is_(None),
-               AuthorizationCode.expires_at > now)
-        .values(used_at=now)
-        .returning(AuthorizationCode)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
-    if code is not None:
-        return Claim(row=code)
+    row = _CLAIM_CODE.first(db.session.connection(), {
+        "code_id": parts[0], "secret_hash": passwords.hash_secret(parts[1]),
+        "client_id": client_id, "now": now, "used_at": now, "family_id": family_id})
+    if row is not None:
+        return Claim(row=PresentedCode(*row))
     code = db.session.get(AuthorizationCode, parts[0])
     if code is None or not passwords.verify_secret(parts[1], code.secret_hash):
         return Claim()
@@ -149,6 +195,27 @@ def claim_code(value: str, client_id: str, *, now: datetime, ip: str | None = No
         family_revoked=revoked,
     )
     return Claim(reused=True)
+
+
+def code_standing(code: PresentedCode) -> Holder | None:
+    """What the family ``code`` starts will stand on: its session, the account's policy and
+    the user, read FOR SHARE on PostgreSQL. An ending in progress holds the session's row,
+    so this waits for it and sees the end; or the ending waits for this exchange and
+    revokes its family (invariant 2). KEY SHARE would not do: it does not conflict with the
+    ending's UPDATE. (SQLite: the claim already holds the one write lock.)"""
+    row = _CODE_SESSION.first(db.session.connection(), {"session_id": code.session_id})
+    if row is None:
+        return None
+    return holder_from((code.family_id, code.client_id, code.scope, code.user_id,
+                        code.session_id, None, None, *row))
+
+
+def open_family(holder: Holder, *, now: datetime) -> None:
+    """Write the family ``holder`` describes (an exchange's, after ``code_standing``)."""
+    _INSERT_FAMILY.run(db.session.connection(), {
+        "id": holder.family_id, "session_id": holder.session_id, "client_id": holder.client_id,
+        "user_id": holder.user_id, "scope": holder.scope, "created_at": now,
+        "last_issued_at": now})
 
 
 # -- refresh tokens -------------------------------------------------------------
@@ -425,6 +492,19 @@ _HOLDER = HotQuery(sa.select(*HOLDER_COLUMNS, _R.jti)
                    .select_from(holder_join().outerjoin(RevokedAccessToken.__table__,
                                                         _R.jti == sa.bindparam("jti")))
                    .where(_F.id == sa.bindparam("family_id")))
+
+
+#: A session's standing, the columns of ``HOLDER_COLUMNS`` after the family's and client's.
+_CODE_SESSION = HotQuery(
+    sa.select(*HOLDER_COLUMNS[7:])
+    .select_from(LoginSession.__table__.join(Account.__table__, _A.id == _S.account_id)
+                 .join(User.__table__, _U.id == _S.user_id))
+    .where(_S.id == sa.bindparam("session_id"))
+    .with_for_update(read=True, of=LoginSession.__table__))
+
+_INSERT_FAMILY = HotQuery(sa.insert(TokenFamily.__table__).values(
+    {name: sa.bindparam(name) for name in ("id", "session_id", "client_id", "user_id", "scope",
+                                           "created_at", "last_issued_at")}))
 
 
 def load_holder(family_id: str, jti: str, connection: sa.Connection | None = None

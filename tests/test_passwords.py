@@ -9,7 +9,7 @@ import pytest
 from argon2 import PasswordHasher, extract_parameters
 from argon2.low_level import Type
 
-from idp import passwords
+from idp import config, passwords
 from idp.passwords import Passwords, hash_secret, make_hasher, new_token, split_token, verify_secret
 
 FAST = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
@@ -92,6 +92,24 @@ def test_a_hash_made_with_old_parameters_is_upgraded_on_a_successful_login(store
     params = extract_parameters(new_hash)
     assert (params.time_cost, params.memory_cost, params.parallelism) == (2, 2048, 1)
     assert stronger.verify(new_hash, PASSWORD) == (True, None)
+
+
+#: OWASP Password Storage Cheat Sheet: argon2id settings of equal strength (memory KiB, time).
+OWASP_ARGON2ID = {(47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5)}
+
+
+def test_the_default_parameters_meet_owasp_guidance_and_upgrade_old_hashes(stored):
+    """What a fresh install stores, and what a hash from the earlier default (RFC 9106's
+    64 MiB, t=3, p=4) becomes at its owner's next sign-in."""
+    defaults = config.load(environ={})
+    hasher = make_hasher(defaults["ARGON2_TIME_COST"], defaults["ARGON2_MEMORY_COST"],
+                         defaults["ARGON2_PARALLELISM"])
+    fresh = extract_parameters(hasher.hash(PASSWORD))
+    assert fresh.type is Type.ID
+    assert (fresh.memory_cost, fresh.time_cost) in OWASP_ARGON2ID and fresh.parallelism >= 1
+    earlier = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4).hash(PASSWORD)
+    ok, upgraded = Passwords(hasher).verify(earlier, PASSWORD)
+    assert ok and extract_parameters(upgraded) == fresh
 
 
 def test_a_wrong_password_against_an_old_hash_gives_no_new_hash(stored):

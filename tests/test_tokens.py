@@ -83,15 +83,16 @@ def code_for(session: LoginSession, client: Client, clock) -> str:
     return value
 
 
-def exchange(value: str, client: Client, clock) -> tuple[AuthorizationCode, TokenFamily]:
+def exchange(value: str, client: Client, clock) -> tuple[tokens.PresentedCode, TokenFamily]:
     """What the authorization-code grant does with a good code."""
-    claim = tokens.claim_code(value, client.client_id, now=clock.now())
+    claim = tokens.claim_code(value, client.client_id, now=clock.now(),
+                              family_id=passwords.new_id())
     assert claim.row is not None and not claim.reused
-    session = db.session.get(LoginSession, claim.row.session_id)
-    family = tokens.start_family(session=session, client=client, scope=claim.row.scope, now=clock.now())
-    claim.row.family_id = family.id
+    holder = tokens.code_standing(claim.row)
+    assert holder.client_id == client.client_id and holder.active(clock.now())
+    tokens.open_family(holder, now=clock.now())
     db.session.commit()
-    return claim.row, family
+    return claim.row, db.session.get(TokenFamily, claim.row.family_id)
 
 
 def events(name: str) -> list[AuditEvent]:

@@ -458,6 +458,7 @@ class Load:
         self.live: dict[str, Live] = {}  # in use by the load
         self.sessions: dict[str, Live] = {}  # every session the load signed in
         self.ended: dict[str, float] = {}  # sid -> monotonic time the client knew it had ended
+        self.ended_how: dict[str, str] = {}
         self.reused_families: set[str] = set()
         # Sessions missing from their own token's active listing (sid, wall time sent): a
         # concurrent ending explains it only if the session did end then (checked at the end).
@@ -466,9 +467,11 @@ class Load:
 
     # -- what the client knows -------------------------------------------------------------
 
-    def mark_ended(self, sid: str, at: float | None = None) -> None:
+    def mark_ended(self, sid: str, at: float | None = None, how: str = "a logout token") -> None:
         at = time.monotonic() if at is None else at
         with self.lock:
+            if at < self.ended.get(sid, float("inf")):
+                self.ended_how[sid] = how  # what told the client (named in a violation)
             self.ended[sid] = min(self.ended.get(sid, at), at)
             live = self.live.pop(sid, None)
         if live is not None:
@@ -483,7 +486,8 @@ class Load:
         """Invariant 2: once a session has ended, nothing under it works, on any node."""
         if self.ended_before(sid, sent):
             self.stats.violation(f"{what} after session {sid} had ended "
-                                 f"({sent - self.ended[sid]:.3f} s after the client knew)")
+                                 f"({sent - self.ended[sid]:.3f} s after the client knew, "
+                                 f"from {self.ended_how[sid]})")
 
     def user_sessions(self, user: User, before: float) -> list[str]:
         with self.lock:
@@ -796,7 +800,7 @@ class Load:
         if response.status_code == 200:
             if response.json()["session"]["status"] == "active":
                 self.stats.violation(f"DELETE /api/v1/sessions/{live.sid} left it active")
-            self.mark_ended(live.sid)
+            self.mark_ended(live.sid, how="end_api_self")
         else:
             live.gone = True
 
@@ -805,14 +809,14 @@ class Load:
                                       f"{self.base}/api/v1/sessions/{live.sid}",
                                       headers=bearer(partner.grants["photos"].access))
         if response.status_code == 200:
-            self.mark_ended(live.sid)
+            self.mark_ended(live.sid, how="end_api_other")
         else:
             partner.gone = True
 
     def end_account_self(self, live: Live, _partner) -> None:
         response = self._confirm("account_end", live.browser, f"/account/sessions/{live.sid}/end")
         if response is not None and response.status_code == 303:
-            self.mark_ended(live.sid)  # signed out, or it had already ended
+            self.mark_ended(live.sid, how="end_account_self")  # signed out, or it had already ended
         else:
             live.gone = True
 
@@ -820,7 +824,7 @@ class Load:
         response = self._confirm("account_end", partner.browser, f"/account/sessions/{live.sid}/end")
         if response is not None and response.status_code == 303:
             if urlsplit(response.headers["location"]).path == "/account/sessions":
-                self.mark_ended(live.sid)
+                self.mark_ended(live.sid, how="end_account_other")
             else:
                 partner.gone = True  # the partner's own session was gone: sent to sign in
         else:
@@ -831,7 +835,7 @@ class Load:
         response = self._confirm("admin_end", admin.browser, path)
         if response is not None and response.status_code == 303:
             if urlsplit(response.headers["location"]).path.startswith("/admin/users/"):
-                self.mark_ended(live.sid)
+                self.mark_ended(live.sid, how="end_admin")
             else:
                 admin.gone = True
         else:
@@ -842,7 +846,7 @@ class Load:
         response = self.stats.request("rp_logout", live.browser, "GET", self.meta["end_session_endpoint"],
                                       params={"id_token_hint": grant.id_token})
         if response.status_code == 200 and "You are signed out" in response.text:
-            self.mark_ended(live.sid)
+            self.mark_ended(live.sid, how="end_rp_logout")
         else:
             live.gone = True
 
@@ -855,7 +859,7 @@ class Load:
         response = self.stats.request("logout", live.browser, "POST", f"{self.base}/logout",
                                       data={"csrf_token": csrf_of(page.text)})
         if response.status_code == 303:
-            self.mark_ended(live.sid)
+            self.mark_ended(live.sid, how="end_logout_form")
         else:
             live.gone = True
 
@@ -875,7 +879,7 @@ class Load:
                 self.stats.violation("DELETE /api/v1/sessions?scope=others ended the caller's session")
             ended.discard(live.sid)
         for sid in ended:
-            self.mark_ended(sid)
+            self.mark_ended(sid, how=f"end_api_all({scope}) by {live.sid}")
 
     def end_api_others(self, live: Live, partner) -> None:
         self.end_api_all(live, partner, scope="others")
@@ -885,7 +889,7 @@ class Load:
         response = self._confirm("account_end_all", live.browser, "/account/sessions/end-all")
         if response is not None and response.status_code == 303:
             for sid in [*self.user_sessions(live.user, sent), live.sid]:
-                self.mark_ended(sid)
+                self.mark_ended(sid, how=f"end_account_all by {live.sid}")
         else:
             live.gone = True
 
@@ -976,7 +980,7 @@ class Load:
                                            f"{self.base}/api/v1/sessions/{live.sid}",
                                            headers=bearer(grant.access)))
             if ended is not None and ended.status_code == 200:
-                self.mark_ended(live.sid)
+                self.mark_ended(live.sid, how="act_race_end_refresh")
             live.gone = True
             refreshed_ok = refreshed is not None and refreshed.status_code == 200
             self.stats.outcome(f"race_end_refresh:refresh_{'won' if refreshed_ok else 'lost'}")
@@ -1012,7 +1016,7 @@ class Load:
         with self.lock:
             self.sessions[live.sid] = live
         if logged_out_ok:
-            self.mark_ended(live.sid)
+            self.mark_ended(live.sid, how="act_race_end_exchange")
             self.check_family_dead(live, live.grants["photos"], "after a sign-out during a code exchange")
 
     # -- the loop --------------------------------------------------------------------------
