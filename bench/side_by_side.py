@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/side_by_side.py [--duration 8] [--connections 16]
         [--database-url URL] [--mint 6000] [--only introspection,userinfo]
+    # at 1,000,000 sessions: seed once with bench/run.py, then keep it
+    .venv/bin/python bench/run.py --sessions 1000000 --seed-only --reset-db --database-url URL
+    .venv/bin/python bench/side_by_side.py --database-url URL --keep-database
 
 Each provider is installed and started as its own documentation says: this one with
 `idp serve` (its defaults: 2 workers, SQLite in a fresh instance folder, unless
@@ -79,13 +82,34 @@ def wait_ready(url: str, process: subprocess.Popen, seconds: float = 60) -> None
     raise SystemExit(f"{url} did not answer in {seconds} s")
 
 
-def start_ours(workdir: Path, database_url: str | None, settings: tuple = ()) -> Provider:
+def demo_in_history(env: dict, workdir: Path) -> dict:
+    """A demo account, owner and client added with the CLI to a database that already holds
+    a history (seeded by bench/run.py), where `idp serve` creates no demo."""
+    idp = str(Path(sys.executable).parent / "idp")
+    name, password = f"side-{secrets.token_hex(3)}", secrets.token_urlsafe(12)
+
+    def run(*args: str, stdin: str | None = None) -> dict:
+        done = subprocess.run([idp, *args, "--json"], cwd=workdir, env=env, input=stdin,
+                              capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(done.stdout)
+
+    run("create-account", name)
+    user = run("create-user", "--account", name, "--email", f"{name}@example.com",
+               "--role", "owner", "--password-stdin", stdin=password + "\n")
+    redirect_uri = "http://127.0.0.1:8000/callback"
+    client = run("create-client", "--name", "Side by side", "--redirect-uri", redirect_uri)
+    return {"user": user["email"], "password": password, "client_id": client["client_id"],
+            "client_secret": client["client_secret"], "redirect_uri": redirect_uri}
+
+
+def start_ours(workdir: Path, database_url: str | None, settings: tuple = (),
+               keep_database: bool = False) -> Provider:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
     env.update(IDP_INSTANCE_DIR=str(workdir / "instance"), IDP_KEYS_DIR=str(workdir / "keys"),
                IDP_ISSUER=f"http://127.0.0.1:{port}")
     env.update(setting.split("=", 1) for setting in settings)
-    if database_url:  # wiped first: `idp serve` creates the demo on an empty database
+    if database_url and not keep_database:  # wiped: `idp serve` makes the demo on an empty one
         import sqlalchemy as sa
 
         engine = sa.create_engine(database_url)
@@ -93,15 +117,16 @@ def start_ours(workdir: Path, database_url: str | None, settings: tuple = ()) ->
             conn.execute(sa.text("DROP SCHEMA public CASCADE"))
             conn.execute(sa.text("CREATE SCHEMA public"))
         engine.dispose()
+    if database_url:
         env["IDP_DATABASE_URL"] = database_url
     idp = Path(sys.executable).parent / "idp"
     process = subprocess.Popen([str(idp), "serve", "--json", "--port", str(port)], cwd=workdir,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                start_new_session=True, text=True)
     first = json.loads(process.stdout.readline())
-    demo = first["demo"]
     base = f"http://127.0.0.1:{port}"
     wait_ready(f"{base}/healthz", process)
+    demo = first["demo"] or demo_in_history(env, workdir)
     ours = Provider("this provider", base, process, demo["client_id"], demo["client_secret"],
                     demo["redirect_uri"], {
                         "discovery": "/.well-known/openid-configuration",
@@ -285,17 +310,21 @@ def stop(provider: Provider) -> dict:
 @click.option("--peer-mint", "peer_count", default=8000, show_default=True, type=int,
               help="The same for node-oidc-provider (it answers more requests per second).")
 @click.option("--only", help="Comma-separated substrings of row names to run.")
+@click.option("--keep-database", is_flag=True,
+              help="Keep what --database-url holds (a history seeded by bench/run.py "
+                   "--seed-only, e.g. 1,000,000 sessions) and add a demo client to it.")
 @click.option("--set", "settings", multiple=True, metavar="IDP_NAME=VALUE",
               help="A setting for this provider (repeat), e.g. IDP_KEEPALIVE_REQUESTS=0.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def main(database_url, duration, connections, count, peer_count, only, settings, as_json):
+def main(database_url, duration, connections, count, peer_count, only, keep_database, settings,
+         as_json):
     if not shutil.which("wrk") or not shutil.which("node"):
         raise SystemExit("needs wrk (apt-get install wrk) and Node.js with npm")
     workdir = Path(tempfile.mkdtemp(prefix="idp-side-by-side-"))
     ours = peer = None
     rows, memory = [], {}
     try:
-        ours = start_ours(workdir, database_url, settings)
+        ours = start_ours(workdir, database_url, settings, keep_database)
         peer = start_peer(workdir)
         counts = {ours.name: count, peer.name: peer_count}
         for provider in (ours, peer):
@@ -318,6 +347,7 @@ def main(database_url, duration, connections, count, peer_count, only, settings,
         shutil.rmtree(workdir, ignore_errors=True)
     db_kind = "postgresql" if (database_url or "").startswith("postgresql") else "sqlite"
     result = {"when": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"), "database": db_kind,
+              "kept_database": keep_database,
               "settings": list(settings),
               "duration": duration, "connections": connections, "minted": counts,
               "slices": SLICES, "memory": memory, "rows": rows, "cpus": os.cpu_count()}

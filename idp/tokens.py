@@ -211,7 +211,8 @@ def code_standing(code: PresentedCode) -> Holder | None:
 
 
 def open_family(holder: Holder, *, now: datetime) -> None:
-    """Write the family ``holder`` describes (an exchange's, after ``code_standing``)."""
+    """Write the family ``holder`` describes: a code exchange's (after ``code_standing``)
+    or a client-credentials grant's, with one INSERT."""
     _INSERT_FAMILY.run(db.session.connection(), {
         "id": holder.family_id, "session_id": holder.session_id, "client_id": holder.client_id,
         "user_id": holder.user_id, "scope": holder.scope, "created_at": now,

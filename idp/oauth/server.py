@@ -13,7 +13,7 @@ from authlib.oauth2.rfc6749.errors import InvalidClientError
 from flask import Flask
 from flask import request as flask_request
 
-from .. import tokens
+from .. import passwords, tokens
 from ..models import Client, HotQuery, db
 from ..runtime import config, now, services
 from .client_limits import authenticated, claimed_client_id, client_authentication_failed
@@ -106,9 +106,11 @@ def generate_token(
     cfg = config()
     current = now()
     if user is None:
-        # client_credentials: a family of its own, no user, no session.
-        family = tokens.start_family(session=None, client=client, scope=scope or "", now=current)
-        holder, subject = tokens.Holder.of(family, issuing=True), client.client_id
+        # client_credentials: a family of its own, no user, no session (one INSERT).
+        holder = tokens.Holder(passwords.new_id(), client.client_id, scope or "", None, None,
+                               None, None)
+        tokens.open_family(holder, now=current)
+        subject = client.client_id
     else:
         holder, subject = user.standing(), user.user.sub
     lifetime = int(cfg["ACCESS_TOKEN_LIFETIME"].total_seconds())
