@@ -103,7 +103,7 @@ def demo_in_history(env: dict, workdir: Path) -> dict:
 
 
 def start_ours(workdir: Path, database_url: str | None, settings: tuple = (),
-               keep_database: bool = False) -> Provider:
+               keep_database: bool = False, log: Path | None = None) -> Provider:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
     env.update(IDP_INSTANCE_DIR=str(workdir / "instance"), IDP_KEYS_DIR=str(workdir / "keys"),
@@ -121,7 +121,8 @@ def start_ours(workdir: Path, database_url: str | None, settings: tuple = (),
         env["IDP_DATABASE_URL"] = database_url
     idp = Path(sys.executable).parent / "idp"
     process = subprocess.Popen([str(idp), "serve", "--json", "--port", str(port)], cwd=workdir,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               env=env, stdout=subprocess.PIPE,
+                               stderr=log.open("w") if log else subprocess.DEVNULL,
                                start_new_session=True, text=True)
     first = json.loads(process.stdout.readline())
     base = f"http://127.0.0.1:{port}"
@@ -315,16 +316,18 @@ def stop(provider: Provider) -> dict:
                    "--seed-only, e.g. 1,000,000 sessions) and add a demo client to it.")
 @click.option("--set", "settings", multiple=True, metavar="IDP_NAME=VALUE",
               help="A setting for this provider (repeat), e.g. IDP_KEEPALIVE_REQUESTS=0.")
+@click.option("--server-log", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write this provider's log (one JSON line per request) to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def main(database_url, duration, connections, count, peer_count, only, keep_database, settings,
-         as_json):
+         server_log, as_json):
     if not shutil.which("wrk") or not shutil.which("node"):
         raise SystemExit("needs wrk (apt-get install wrk) and Node.js with npm")
     workdir = Path(tempfile.mkdtemp(prefix="idp-side-by-side-"))
     ours = peer = None
     rows, memory = [], {}
     try:
-        ours = start_ours(workdir, database_url, settings, keep_database)
+        ours = start_ours(workdir, database_url, settings, keep_database, server_log)
         peer = start_peer(workdir)
         counts = {ours.name: count, peer.name: peer_count}
         for provider in (ours, peer):
