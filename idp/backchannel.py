@@ -7,11 +7,11 @@ crash between commit and delivery loses nothing: the worker finds it later.
 
 from __future__ import annotations
 
-import random
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from . import outbox
 from .models import Client, LoginSession, LogoutAttempt, LogoutDelivery, TokenFamily, db
 
 PENDING_KEY = "idp.logout_deliveries"
@@ -101,12 +101,8 @@ def record(
     if error is None and status is not None and 200 <= status < 300:
         delivery.delivered_at = now
         return
-    delay = min(retry_base * (2 ** (delivery.attempts - 1)), retry_max)
-    delay = delay * (0.8 + 0.4 * random.random())  # noqa: S311 - jitter, not a secret
-    if now + delay - delivery.created_at > give_up_after:
-        delivery.given_up_at = now
-    else:
-        delivery.next_attempt_at = now + delay
+    outbox.after_failure(delivery, now=now, first=retry_base, longest=retry_max,
+                         give_up_after=give_up_after)
 
 
 def logout_claims(delivery: LogoutDelivery, *, issuer: str, now: datetime, jti: str,

@@ -134,14 +134,22 @@ def _demo(app, port: int, host: str) -> dict | None:
 @click.option("--workers", type=click.IntRange(1, 64), help="Worker processes (IDP_WORKERS).")
 @click.option("--dev", is_flag=True, help="Flask's development server with the reloader.")
 @click.option("--no-demo", is_flag=True, help="Do not create the demo data on an empty database.")
+@click.option("--no-worker", is_flag=True,
+              help="Do not start `idp worker` beside the server (run it yourself, or on "
+                   "another node).")
 @json_option
-def serve_command(host, port, workers, dev, no_demo, as_json) -> None:
-    """Migrate, generate keys, create the demo on first start, then serve."""
+def serve_command(host, port, workers, dev, no_demo, no_worker, as_json) -> None:
+    """Migrate, generate keys, create the demo on first start, then serve, with a worker
+    that delivers email and retries logout notices."""
     if "IDP_ISSUER" not in os.environ and port != 5000:
         os.environ["IDP_ISSUER"] = f"http://localhost:{port}"
     app = _app()
     _init(app)
     demo = None if no_demo else _demo(app, port, host)
+    mail_to = (f"email goes through {app.config['SMTP_URL'].split('@')[-1]}"
+               if app.config["SMTP_URL"]
+               else f"email is written to {app.config['INSTANCE_DIR'] / 'mail'} (set "
+                    "IDP_SMTP_URL to send it)")
     if demo and not as_json:
         click.echo(
             "\nDemo data created (shown once — the password and secret are stored hashed):\n"
@@ -152,9 +160,11 @@ def serve_command(host, port, workers, dev, no_demo, as_json) -> None:
             f"  redirect_uri   {demo['redirect_uri']}\n"
             f"Discovery: {demo['issuer']}/.well-known/openid-configuration\n"
             f"Your account: {demo['issuer']}/account\n"
+            f"Mail: {mail_to}\n"
         )
     elif as_json:
-        click.echo(json.dumps({"serving": f"http://{host}:{port}", "demo": demo}, sort_keys=True))
+        click.echo(json.dumps({"serving": f"http://{host}:{port}", "demo": demo,
+                               "mail": mail_to}, sort_keys=True))
     sys.stdout.flush()
     workers = workers or app.config["WORKERS"]
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -167,7 +177,30 @@ def serve_command(host, port, workers, dev, no_demo, as_json) -> None:
         app.run(host=host, port=port, debug=False, use_reloader=dev)
         return
     _fewer_malloc_arenas()
-    _gunicorn(host, port, workers, app.config["KEEPALIVE_REQUESTS"])
+    worker = None if no_worker else _start_worker()
+    try:
+        _gunicorn(host, port, workers, app.config["KEEPALIVE_REQUESTS"])
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=15)
+
+
+def _start_worker():
+    """``idp worker`` as a child: it ends with the server (and, on Linux, if the server is
+    killed: the kernel sends it SIGTERM when its parent dies)."""
+    import signal
+    import subprocess
+
+    def die_with_parent() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return subprocess.Popen([sys.executable, "-m", "idp", "worker"], stdout=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent)  # noqa: PLW1509 - before exec only
+
+
+PR_SET_PDEATHSIG = 1  # Linux prctl option (sys/prctl.h)
 
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
@@ -343,12 +376,15 @@ def create_client_command(name, redirect_uris, public, first_party, resource_ser
 @click.option("--on-limit", type=click.Choice(["deny", "end_oldest"]))
 @click.option("--require-mfa/--no-require-mfa", default=None,
               help="Every user signs in with a second factor (those without one set it up).")
+@click.option("--require-notices/--no-require-notices", default=None,
+              help="Every user gets an email when a new device signs in (they cannot opt out).")
 @click.option("--end-password-only-sessions", is_flag=True,
               help="With --require-mfa: also end, now, sessions that signed in without one.")
 @click.option("--dry-run", is_flag=True, help="Only show what the new values would do.")
 @json_option
 def set_policy_command(account_name, max_duration, idle_timeout, max_concurrent, on_limit,
-                       require_mfa, end_password_only_sessions, dry_run, as_json) -> None:
+                       require_mfa, require_notices, end_password_only_sessions, dry_run,
+                       as_json) -> None:
     """Change an account's session policy (bounds: IDP_SESSION_DURATION_MIN/_MAX, ...)."""
     from . import policy, policy_changes
     from .models import db
@@ -368,6 +404,8 @@ def set_policy_command(account_name, max_duration, idle_timeout, max_concurrent,
                 current.max_concurrent or "unlimited"),
             "on_limit": on_limit or str(current.on_limit),
             "require_mfa": current.require_mfa if require_mfa is None else require_mfa,
+            "require_notices": (current.require_notices if require_notices is None
+                                else require_notices),
         }
         try:
             new = policy.validate(policy.PolicyBounds.from_config(app.config), **values)
@@ -394,6 +432,7 @@ def set_policy_command(account_name, max_duration, idle_timeout, max_concurrent,
                 "max_concurrent": stored.max_concurrent,
                 "on_limit": str(stored.on_limit),
                 "require_mfa": stored.require_mfa,
+                "require_notices": stored.require_notices,
             },
         }
         verb = "Would change" if dry_run else "Changed"
@@ -411,30 +450,37 @@ def set_policy_command(account_name, max_duration, idle_timeout, max_concurrent,
               help="Seconds between passes.")
 @json_option
 def worker_command(once: bool, interval: float, as_json: bool) -> None:
-    """Deliver back-channel logout notices, retrying with backoff until delivered."""
+    """Deliver back-channel logout notices and email, retrying with backoff until
+    delivered."""
     import signal
     import time
 
     from .models import db
 
     app = _app()
-    deliverer = app.extensions["idp.logout"]
+    outboxes = {"logout": app.extensions["idp.logout"], "mail": app.extensions["idp.mail"]}
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    totals = {"attempted": 0, "delivered": 0, "retry": 0, "given_up": 0}
+    totals = {name: {"attempted": 0, "delivered": 0, "retry": 0, "given_up": 0}
+              for name in outboxes}
     with app.app_context():
         while True:
-            counts = deliverer.run_due()
-            db.session.remove()
-            for key, value in counts.items():
-                totals[key] += value
-            if counts["attempted"] and not as_json:
-                click.echo(f"attempted {counts['attempted']}: delivered {counts['delivered']}, "
-                           f"retrying {counts['retry']}, gave up {counts['given_up']}", err=True)
+            for name, deliverer in outboxes.items():
+                counts = deliverer.run_due()
+                db.session.remove()
+                for key, value in counts.items():
+                    totals[name][key] += value
+                if counts["attempted"] and not as_json:
+                    click.echo(f"{name}: attempted {counts['attempted']}: delivered "
+                               f"{counts['delivered']}, retrying {counts['retry']}, gave up "
+                               f"{counts['given_up']}", err=True)
             if once or stop["now"]:
                 break
             time.sleep(interval)
-    _emit(as_json, totals, f"Delivered {totals['delivered']} of {totals['attempted']} attempts.")
+    _emit(as_json, totals,
+          f"Delivered {totals['logout']['delivered']} of {totals['logout']['attempted']} "
+          f"logout notices and {totals['mail']['delivered']} of "
+          f"{totals['mail']['attempted']} emails.")
 
 
 @cli.command("rotate-keys")

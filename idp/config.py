@@ -61,6 +61,17 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "BACKCHANNEL_RETRY_MAX": ("1h", "duration", "Longest delay between two attempts"),
     "BACKCHANNEL_GIVE_UP": ("24h", "duration", "Stop retrying a delivery this long after the logout"),
     "LOGOUT_TOKEN_LIFETIME": ("2m", "duration", "Lifetime of a logout token"),
+    # -- email (new-device notices); without IDP_SMTP_URL mail goes to INSTANCE_DIR/mail
+    "SMTP_URL": (None, "str", "smtp://user:password@host:587 (STARTTLS), smtps://…:465 "
+                 "(implicit TLS); unset: one .eml file per message in INSTANCE_DIR/mail"),
+    "MAIL_FROM": (None, "str", "Sender of the provider's email; default "
+                  "no-reply@<the issuer's host>"),
+    "SMTP_TIMEOUT": ("10s", "duration", "Timeout of one SMTP conversation"),
+    "MAIL_RETRY_BASE": ("30s", "duration", "First retry of an undelivered email; doubles each time"),
+    "MAIL_RETRY_MAX": ("1h", "duration", "Longest delay between two attempts at an email"),
+    "MAIL_GIVE_UP": ("72h", "duration", "Stop retrying an email this long after it was written"),
+    "NOTICE_DELAY": ("15s", "duration", "A new-device notice is sent this long after the "
+                     "sign-in, naming the apps it signed in to by then"),
     # -- abuse resistance (limits: Flask-Limiter's counters)
     "REDIS_URL": (None, "str", "Redis shared by all nodes (rate-limit and lockout counters)"),
     "RATELIMIT_STORAGE_URI": (None, "str", "Rate-limit and lockout counters; default IDP_REDIS_URL, "
@@ -241,6 +252,16 @@ def _validate(config: dict) -> None:
             "or active users would be signed out for inactivity"
         )
     _bounded(config, "RATE_LIMIT_SYNC", timedelta(0), timedelta(seconds=60))
+    if config["SMTP_URL"]:
+        from .mail import Smtp  # the URL's own checks, said at start rather than at first mail
+
+        try:
+            Smtp.from_url(config["SMTP_URL"], 1)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    if not config["MAIL_FROM"]:
+        config["MAIL_FROM"] = f"no-reply@{parts.hostname}"
+    _bounded(config, "NOTICE_DELAY", timedelta(0), timedelta(minutes=1))
     if not 1 <= config["ARGON2_CONCURRENCY"] <= 16:
         raise ConfigError("IDP_ARGON2_CONCURRENCY must be between 1 and 16")
     if not (config["KEEPALIVE_REQUESTS"] == 0 or 10 <= config["KEEPALIVE_REQUESTS"] <= 100000):

@@ -306,6 +306,16 @@ class LockedOut(PasswordChangeRefused):
     was ended ("Ended: too many wrong passwords")."""
 
 
+def check_new_password(new: str, confirm: str) -> None:
+    """The rules a new password meets, in words for the user (``PasswordChangeRefused``)."""
+    if new != confirm:
+        raise PasswordChangeRefused("The new passwords do not match.")
+    if len(new) < MIN_PASSWORD:
+        raise PasswordChangeRefused(f"Use at least {MIN_PASSWORD} characters.")
+    if len(new) > 1024:
+        raise PasswordChangeRefused("Use at most 1024 characters.")
+
+
 def change_password(user: User, *, current: str, new: str, confirm: str, hasher: Passwords,
                     lockout: Lockout, keep: LoginSession, now: datetime, ip: str
                     ) -> list[LoginSession]:
@@ -313,12 +323,7 @@ def change_password(user: User, *, current: str, new: str, confirm: str, hasher:
     that exist when this commits, and any sign-in verified with the old password waits
     and is then refused. The current password is checked under the same lockout as
     sign-in. Returns the sessions ended; the caller commits."""
-    if new != confirm:
-        raise PasswordChangeRefused("The new passwords do not match.")
-    if len(new) < MIN_PASSWORD:
-        raise PasswordChangeRefused(f"Use at least {MIN_PASSWORD} characters.")
-    if len(new) > 1024:
-        raise PasswordChangeRefused("Use at most 1024 characters.")
+    check_new_password(new, confirm)
     attempt = lockout.begin(user.email)
     if not attempt.allowed:
         raise PasswordChangeRefused(
@@ -335,17 +340,25 @@ def change_password(user: User, *, current: str, new: str, confirm: str, hasher:
                             f"Sign in again in {attempt_minutes(lockout)}.")
         raise PasswordChangeRefused("The current password is not right.")
     lockout.succeeded(user.email)
-    new_hash = hasher.hash(new)
+    return set_password(user, hasher.hash(new), version=version, now=now, ip=ip, keep=keep,
+                        event="password.changed")
+
+
+def set_password(user: User, new_hash: str, *, version: int, now: datetime, ip: str | None,
+                 event: str, keep: LoginSession | None = None) -> list[LoginSession]:
+    """Store ``new_hash`` and end every session of the user but ``keep``, under the user's
+    lock: refused (as a wrong current password) if the credentials changed, or the user
+    was disabled, since ``version`` was read. Returns the sessions ended."""
     sessions.lock_user(user)
     if user.credentials_version != version or user.disabled_at is not None:
-        # Changed (or disabled) by another request since the current password was checked.
         raise PasswordChangeRefused("The current password is not right.")
     user.password_hash = new_hash
     user.credentials_version = version + 1
     ended = sessions.end_all(user, EndReason.PASSWORD_CHANGED, now=now,
-                             actor=f"user:{user.sub}", ip=ip, keep=keep.id)
-    audit.record("password.changed", now=now, account_id=user.account_id, user_id=user.id,
-                 session_id=keep.id, ip=ip, actor=f"user:{user.sub}", sessions_ended=len(ended))
+                             actor=f"user:{user.sub}", ip=ip, keep=keep.id if keep else None)
+    audit.record(event, now=now, account_id=user.account_id, user_id=user.id,
+                 session_id=keep.id if keep else None, ip=ip, actor=f"user:{user.sub}",
+                 sessions_ended=len(ended))
     return ended
 
 

@@ -222,6 +222,7 @@ class EndReason(enum.StrEnum):
     POLICY_CHANGED = "policy_changed"
     LOCKED_OUT = "locked_out"
     FACTORS_CHANGED = "factors_changed"
+    REPORTED = "reported"  # "This wasn't me" in a new-device notice
 
     @property
     def is_expiry(self) -> bool:
@@ -241,6 +242,9 @@ class Account(db.Model):
     on_concurrent_limit: Mapped[str] = mapped_column(sa.String(16), default=OnLimit.DENY)
     #: Every user must sign in with a second factor (users without one enrol at sign-in).
     require_mfa: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    #: Every user gets new-device sign-in notices (users cannot turn them off).
+    require_new_device_notices: Mapped[bool] = mapped_column(default=False,
+                                                             server_default=sa.false())
     policy_updated_at: Mapped[datetime | None]
 
     users: Mapped[list[User]] = relationship(back_populates="account")
@@ -263,6 +267,8 @@ class User(db.Model):
     #: if the version it verified the password under is still the user's (read under the
     #: user's row lock): one that raced a change is refused (DESIGN invariant 9).
     credentials_version: Mapped[int] = mapped_column(default=0, server_default="0")
+    #: An email at each sign-in from a device new to the user (``notices``).
+    new_device_notices: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
 
     account: Mapped[Account] = relationship(back_populates="users", lazy="joined")
 
@@ -581,6 +587,65 @@ class LogoutDelivery(db.Model):
     given_up_at: Mapped[datetime | None]
 
     client: Mapped[Client] = relationship(lazy="joined")
+
+
+class MailMessage(db.Model):
+    """The email outbox: written in the transaction of the event that causes the message,
+    rendered and delivered by the worker, retried until delivered or given up (``mail``)."""
+
+    __tablename__ = "mail_outbox"
+    __table_args__ = (
+        sa.Index("ix_mail_outbox_due", "delivered_at", "given_up_at", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    to_address: Mapped[str] = mapped_column(sa.String(254))
+    session_id: Mapped[str | None] = mapped_column(sa.String(32))
+    #: The single-use link the message carries (its secret is derived when rendered).
+    link_id: Mapped[str | None] = mapped_column(sa.String(32))
+    subject: Mapped[str | None] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(sa.String(300))
+    delivered_at: Mapped[datetime | None]
+    given_up_at: Mapped[datetime | None]
+
+
+class EmailLink(db.Model):
+    """A single-use link sent by email, bound to its user (and session). Its secret is
+    derived when the message is rendered (``mail.link_secret``); until then the hash is
+    empty and the link answers nothing."""
+
+    __tablename__ = "email_links"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    secret_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    purpose: Mapped[str] = mapped_column(sa.String(16))
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    session_id: Mapped[str | None] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None]
+    followed_up_at: Mapped[datetime | None]
+
+
+class KnownDevice(db.Model):
+    """A browser that has signed in as the user: the hash of its private marker cookie."""
+
+    __tablename__ = "known_devices"
+    __table_args__ = (sa.UniqueConstraint("user_id", "marker_hash",
+                                          name="uq_known_devices_user_marker"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"))
+    marker_hash: Mapped[str] = mapped_column(sa.String(64))
+    device_label: Mapped[str] = mapped_column(sa.String(120), default="")
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
 
 
 class LogoutAttempt(db.Model):

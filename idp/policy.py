@@ -28,6 +28,8 @@ class SessionPolicy:
     max_concurrent: int | None
     on_limit: OnLimit
     require_mfa: bool = False
+    #: Every user gets new-device sign-in notices (``notices``), whatever they chose.
+    require_notices: bool = False
 
     @classmethod
     def of(cls, account: Account) -> SessionPolicy:
@@ -37,6 +39,7 @@ class SessionPolicy:
             max_concurrent=account.max_concurrent_sessions,
             on_limit=OnLimit(account.on_concurrent_limit),
             require_mfa=bool(account.require_mfa),
+            require_notices=bool(account.require_new_device_notices),
         )
 
     def absolute_deadline(self, session: LoginSession) -> datetime:
@@ -147,6 +150,7 @@ def validate(
     max_concurrent: object,
     on_limit: object,
     require_mfa: object = False,
+    require_notices: object = False,
 ) -> SessionPolicy:
     """Parse and check new values; raise PolicyError naming each bad field."""
     errors: dict[str, str] = {}
@@ -187,9 +191,12 @@ def validate(
     mfa = _flag(require_mfa)
     if mfa is None:
         errors["require_mfa"] = "must be true or false"
+    notify = _flag(require_notices)
+    if notify is None:
+        errors["require_notices"] = "must be true or false"
     if errors:
         raise PolicyError(errors)
-    return SessionPolicy(duration, idle, concurrent, limit, mfa)
+    return SessionPolicy(duration, idle, concurrent, limit, mfa, notify)
 
 
 def _flag(value: object) -> bool | None:

@@ -124,6 +124,7 @@ def apply(account: Account, new: SessionPolicy, *, now: datetime, actor: str,
         ("max_concurrent", old.max_concurrent, new.max_concurrent),
         ("on_limit", str(old.on_limit), str(new.on_limit)),
         ("require_mfa", old.require_mfa, new.require_mfa),
+        ("require_notices", old.require_notices, new.require_notices),
     ):
         if before != after:
             changes[name] = [before, after]
@@ -142,6 +143,7 @@ def apply(account: Account, new: SessionPolicy, *, now: datetime, actor: str,
     account.max_concurrent_sessions = new.max_concurrent
     account.on_concurrent_limit = str(new.on_limit)
     account.require_mfa = new.require_mfa
+    account.require_new_device_notices = new.require_notices
     account.policy_updated_at = now
     closed = sessions.end_many(plan.closed, now=now, actor="policy")
     cut = sessions.end_many(plan.cut, now=now, actor=actor)

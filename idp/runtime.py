@@ -8,6 +8,7 @@ services built once at startup.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -70,4 +71,31 @@ def origin() -> Origin:
         device_label=device.label,
         device_type=device.device_type,
         location=services().locator.locate(ip),
+        device_marker=device_marker(),
     )
+
+
+def device_cookie_name() -> str:
+    return "idp_device" if config()["INSECURE_COOKIES"] else "__Host-idp_device"
+
+
+def device_marker() -> str:
+    """This browser's private marker: the one its device cookie carries, or a new one that
+    the response sets (``remember_device``). Only its hash is stored, per user."""
+    if "idp_device_marker" not in g:
+        sent = request.cookies.get(device_cookie_name(), "")
+        if len(sent) == 43 and sent.replace("-", "").replace("_", "").isalnum():
+            g.idp_device_marker = sent
+        else:
+            g.idp_device_marker = g.idp_new_device_marker = secrets.token_urlsafe(32)
+    return g.idp_device_marker
+
+
+def remember_device(response):
+    """After a request that made a new marker: the browser keeps it for a year."""
+    marker = g.get("idp_new_device_marker")
+    if marker is not None:
+        response.set_cookie(device_cookie_name(), marker, max_age=365 * 86400, path="/",
+                            secure=not config()["INSECURE_COOKIES"], httponly=True,
+                            samesite="Lax")
+    return response

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import audit, backchannel, passwords
+from . import audit, backchannel, notices, passwords
 from .metrics import EVENTS
 from .models import (
     Account,
@@ -72,6 +72,8 @@ class Origin:
     device_label: str = "Unknown browser"
     device_type: str = "other"
     location: str = "Unknown location"
+    #: The browser's private marker (its device cookie; ``notices``), if it sent one.
+    device_marker: str | None = None
 
 
 class CredentialsChanged(Exception):
@@ -236,6 +238,7 @@ def start(
         location=origin.location,
         kind=kind,
     )
+    notices.on_sign_in(session, origin.device_marker, now=now)
     return Started(session, cookie, ended)
 
 
@@ -808,6 +811,7 @@ REASON_TEXT = {
     EndReason.POLICY_CHANGED: "Ended: policy changed",
     EndReason.LOCKED_OUT: "Ended: too many wrong passwords",
     EndReason.FACTORS_CHANGED: "Ended: sign-in methods changed",
+    EndReason.REPORTED: "Ended: reported by you",
 }
 
 
@@ -835,6 +839,7 @@ EVENT_TEXT = {
     "session.reauthenticated": "Confirmed it was you",
     "factor.added": "Added a passkey or authenticator app",
     "factor.removed": "Removed a passkey or authenticator app",
+    "session.reported": "Reported as not you, from the email about a new sign-in",
 }
 
 

@@ -10,6 +10,8 @@ the many one-line-error cases run concurrently in one batch.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import hashlib
 import json
 import os
@@ -501,14 +503,14 @@ def free_port() -> int:
 class Served:
     """`idp serve --json` in its own process group; stdout/stderr go to files."""
 
-    def __init__(self, home: Path, logs: Path):
+    def __init__(self, home: Path, logs: Path, **extra: str):
         self.port = free_port()
         self.out = logs / f"serve-{self.port}.out"
         self.err = logs / f"serve-{self.port}.err"
         with self.out.open("w") as out, self.err.open("w") as err:
             self.process = subprocess.Popen(
                 [IDP, "serve", "--json", "--port", str(self.port), "--workers", "1"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env_for(home),
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env_for(home, **extra),
                 start_new_session=True)
         self.deadline = time.monotonic() + 30
 
@@ -544,10 +546,14 @@ class Served:
 
 @pytest.mark.e2e
 def test_serve_creates_a_working_demo_once(home, tmp_path):
-    server = Served(home, tmp_path)
+    # (The new-device notice is sent at once instead of after 15 s, so the worker that
+    # `idp serve` starts writes it within its 5-s poll.)
+    server = Served(home, tmp_path, IDP_NOTICE_DELAY="0s")
     try:
         first = server.first_line()
-        assert set(first) == {"serving", "demo"}
+        assert set(first) == {"serving", "demo", "mail"}
+        mail_folder = home / "instance" / "mail"
+        assert first["mail"] == f"email is written to {mail_folder} (set IDP_SMTP_URL to send it)"
         assert first["serving"] == f"http://127.0.0.1:{server.port}"
         demo = first["demo"]
         assert {"issuer", "user", "password", "client_id", "client_secret",
@@ -577,6 +583,21 @@ def test_serve_creates_a_working_demo_once(home, tmp_path):
             assert account_page.status_code == 200
             assert demo["user"] in account_page.text
 
+        # That browser was new to the demo user: the worker beside the server writes the
+        # notice to the printed folder (polled, bounded: the worker passes every 5 s).
+        deadline = time.monotonic() + 30
+        while not list(mail_folder.glob("*.eml")) and time.monotonic() < deadline:
+            assert server.process.poll() is None, server.err.read_text()
+            time.sleep(0.2)
+        [notice] = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+                    for p in mail_folder.glob("*.eml")]
+        assert notice["To"] == demo["user"]
+        assert notice["Subject"] == "New sign-in to your localhost account"
+        text = notice.get_body(("plain",)).get_content()
+        assert f"{issuer}/not-me/" in text
+        assert "Where:     This computer (IP address 127.0.0.1)" in text
+        assert "Signed in to: your account page" in text
+
         # A keep-alive connection is closed after IDP_KEEPALIVE_REQUESTS answers (100), so
         # long-lived connections move between workers.
         with httpx.Client(base_url=issuer, timeout=10) as client:
@@ -599,7 +620,8 @@ def test_serve_creates_a_working_demo_once(home, tmp_path):
     again = Served(home, tmp_path)
     try:
         second = again.first_line()
-        assert second == {"serving": f"http://127.0.0.1:{again.port}", "demo": None}
+        assert second == {"serving": f"http://127.0.0.1:{again.port}", "demo": None,
+                          "mail": first["mail"]}
     finally:
         again.stop()
     assert query(home, "SELECT count(*) FROM accounts")[0][0] == 1

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError
 from ..counters import Limited
 from ..metrics import LIMITED
 from ..models import db
+from ..runtime import remember_device
 
 csrf = CSRFProtect()
 log = logging.getLogger("idp")
@@ -109,10 +110,11 @@ class CookieSessions(SecureCookieSessionInterface):
 
 
 def register(app: Flask) -> None:
-    from . import account, admin, api, auth, device, filters, oidc, ops
+    from . import account, admin, api, auth, device, email_links, filters, mailer, oidc, ops
 
     app.session_interface = CookieSessions()
     ops.install(app)
+    mailer.install(app)
     filters.register(app)
     csrf.init_app(app)
     oidc.exempt_from_csrf(csrf)
@@ -123,6 +125,7 @@ def register(app: Flask) -> None:
     app.register_blueprint(account.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(device.bp)
+    app.register_blueprint(email_links.bp)
 
     @app.errorhandler(CSRFError)
     def csrf_error(exc):
@@ -179,6 +182,8 @@ def register(app: Flask) -> None:
         if _has_nul(current):
             return error_response(400, "The request contains a NUL character.")
         return None
+
+    app.after_request(remember_device)  # a browser's first sign-in gets its device cookie
 
     @app.after_request
     def security_headers(response):

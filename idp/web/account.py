@@ -6,7 +6,7 @@ from functools import wraps
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 
-from .. import credentials, factors, passkeys, sessions, step_up
+from .. import credentials, factors, notices, passkeys, sessions, step_up
 from ..models import EndReason, db
 from ..runtime import client_ip, config, now, services
 from . import current
@@ -259,7 +259,20 @@ def security():
         "account/security.html", form=ActionForm(), now=now(), recovery_left=left,
         passkeys=[f for f in enrolled if f.kind == passkeys.KIND],
         apps=[f for f in enrolled if f.kind == factors.TOTP],
-        passkeys_problem=relying_party().problem)
+        passkeys_problem=relying_party().problem, user=g.user)
+
+
+@bp.post("/security/notices")
+@login_required
+@recent_authentication
+def set_notices():
+    """New-device sign-in notices on or off (an account that requires them keeps them)."""
+    if not ActionForm().validate_on_submit() or request.form.get("on") not in ("true", "false"):
+        abort(400)
+    notices.choose(g.user, request.form["on"] == "true", now=now(), ip=client_ip())
+    db.session.commit()
+    flash("Saved.", "success")
+    return redirect(url_for("account.security"), 303)
 
 
 @bp.route("/security/passkey", methods=["GET", "POST"])

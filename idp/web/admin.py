@@ -80,6 +80,8 @@ def proposed(account, form) -> dict:
         ).strip(),
         "on_limit": form.get("on_limit", account.on_concurrent_limit).strip(),
         "require_mfa": form.get("require_mfa", "true" if account.require_mfa else "false"),
+        "require_notices": form.get("require_notices",
+                                    "true" if account.require_new_device_notices else "false"),
     }
 
 

@@ -219,6 +219,7 @@ def policy_json(account) -> dict:
         "max_concurrent": current.max_concurrent,
         "on_limit": str(current.on_limit),
         "require_mfa": current.require_mfa,
+        "require_notices": current.require_notices,
         "updated_at": _time(account.policy_updated_at),
         "bounds": {
             "max_duration": [int(bounds.duration_min.total_seconds()),
@@ -251,7 +252,8 @@ def put_policy():
     account = g.user.account
     current = policy_json(account)
     values = {name: body.get(name, current[name]) for name in
-              ("max_duration", "idle_timeout", "max_concurrent", "on_limit", "require_mfa")}
+              ("max_duration", "idle_timeout", "max_concurrent", "on_limit", "require_mfa",
+               "require_notices")}
     end_password_only = body.get("end_password_only_sessions") is True
     if values["max_concurrent"] is None:
         values["max_concurrent"] = "unlimited"

@@ -36,6 +36,14 @@ class PasswordForm(FlaskForm):
     submit = SubmitField("Change password")
 
 
+class NewPasswordForm(FlaskForm):
+    """A new password without the current one (after "This wasn't me")."""
+
+    new = PasswordField("New password", validators=[DataRequired(), Length(max=1024)])
+    confirm = PasswordField("New password again", validators=[DataRequired(), Length(max=1024)])
+    submit = SubmitField("End all sessions and set this password")
+
+
 class CodeForm(FlaskForm):
     """A second factor: a 6-digit code, or a recovery code (``abcd-efgh-ij``)."""
 

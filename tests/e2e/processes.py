@@ -208,7 +208,8 @@ def provider_env(database_url: str, url: str, workdir: Path,
 @contextlib.contextmanager
 def serve(database_url: str, *, workers: int = 2, env: Mapping[str, str] | None = None,
           ready_timeout: float = 60.0) -> Iterator[Provider]:
-    """``idp init`` then ``idp serve --workers N --port <free> --no-demo`` on ``database_url``
+    """``idp init`` then ``idp serve --workers N --port <free> --no-demo --no-worker`` (a test
+    that needs ``idp worker`` runs it) on ``database_url``
     (an empty or migrated database); yields once /readyz answers 200 with N workers up.
     ``env`` adds or overrides ``IDP_*`` settings. Always stops every process on exit; when
     the body raised, the server's log tail goes to stderr (pytest shows it)."""
@@ -226,7 +227,7 @@ def serve(database_url: str, *, workers: int = 2, env: Mapping[str, str] | None 
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 [*_idp_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
-                 "--workers", str(workers), "--no-demo", "--json"],
+                 "--workers", str(workers), "--no-demo", "--no-worker", "--json"],
                 env=environment, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )

@@ -187,7 +187,8 @@ def test_owner_and_admin_get_the_pages(app, world):
         assert "(5 min – 24 h, not above the duration)" in body
         assert '(1 – 1000, or "unlimited")' in body
         assert "Second factor" in body and "Optional" in body
-        assert body.count('value="preview">Preview impact</button>') == 4
+        assert "Email about new sign-ins" in body and "Each user chooses" in body
+        assert body.count('value="preview">Preview impact</button>') == 5
         assert client.get("/admin/users").status_code == 200
 
 

@@ -98,7 +98,7 @@ def test_owner_and_admin_read_the_policy_with_its_bounds(org):
             assert response.headers["cache-control"] == "no-store"
             assert response.json() == {
                 "account": "acme", "max_duration": 86400, "idle_timeout": 7200,
-                "max_concurrent": None, "on_limit": "deny", "require_mfa": False,
+                "max_concurrent": None, "on_limit": "deny", "require_mfa": False, "require_notices": False,
                 "updated_at": None, "bounds": {"max_duration": [300, 2592000], "idle_timeout": [300, 86400],
                            "max_concurrent": [1, 1000]},
             }
@@ -464,7 +464,8 @@ def test_cli_dry_run_reports_and_changes_nothing(app, acme, clock, monkeypatch, 
                    "users_over_concurrent_limit": 1, "sessions_whose_deadlines_move": 5,
                    "expired_sessions_closed": 0, "users_without_second_factor": 0},
         "policy": {"max_duration": 86400, "idle_timeout": 7200, "max_concurrent": None,
-                   "on_limit": "deny", "require_mfa": False},
+                   "on_limit": "deny", "require_mfa": False,
+                   "require_notices": False},
     }
     code, out, _ = run_cli(monkeypatch, capsys, app, "set-policy", "--account", "acme",
                            "--idle-timeout", "15m", "--dry-run")
@@ -485,7 +486,8 @@ def test_cli_changes_the_policy_as_the_operator(app, acme, clock, monkeypatch, c
     assert body["dry_run"] is False
     assert body["changes"] == {"max_duration": [86400, 14400], "on_limit": ["deny", "end_oldest"]}
     assert body["policy"] == {"max_duration": 14400, "idle_timeout": 7200, "max_concurrent": None,
-                              "on_limit": "end_oldest", "require_mfa": False}
+                              "on_limit": "end_oldest", "require_mfa": False,
+                              "require_notices": False}
     assert policy_state(app, acme) == (14400, 7200, None, "end_oldest", clock.now(), 1)
     with app.app_context():
         event = db.session.scalar(sa.select(AuditEvent).where(AuditEvent.event == "policy.changed"))

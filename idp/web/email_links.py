@@ -1,0 +1,66 @@
+"""Pages the links in the provider's email open, without being signed in: "This wasn't me"
+from a new-device notice (``not_me``).
+
+The link's GET shows what it will do and asks for one click: mail scanners and link
+previews fetch links by themselves, and a GET must never end a session for them.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, render_template
+
+from .. import credentials, not_me
+from ..models import db
+from ..runtime import client_ip, now, services
+from .forms import ActionForm, NewPasswordForm
+
+bp = Blueprint("email_links", __name__)
+
+REFUSED = ("This link has expired or was already used. If you still don't recognise a "
+           "sign-in, sign in and end it from your sessions page, or ask your administrator.")
+
+
+def _refused():
+    db.session.commit()
+    return render_template("not_me.html", step="refused", message=REFUSED), 404
+
+
+@bp.route("/not-me/<token>", methods=["GET", "POST"])
+def not_me_page(token: str):
+    form = ActionForm()
+    try:
+        if not form.validate_on_submit():
+            view = not_me.look(token, now=now())
+            db.session.commit()
+            return render_template("not_me.html", step="confirm", view=view, form=form)
+        report = not_me.report(token, now=now(), ip=client_ip())
+    except not_me.LinkRefused:
+        return _refused()
+    db.session.commit()
+    return render_template("not_me.html", step="reported", view=report.view,
+                           ended_now=report.ended_now, token=token,
+                           form=NewPasswordForm(formdata=None))
+
+
+@bp.post("/not-me/<token>/secure")
+def secure_account(token: str):
+    form = NewPasswordForm()
+    error = None
+    if form.validate_on_submit():
+        try:
+            ended = not_me.secure(token, new=form.new.data, confirm=form.confirm.data,
+                                  hasher=services().passwords, now=now(), ip=client_ip())
+        except not_me.LinkRefused:
+            return _refused()
+        except credentials.PasswordChangeRefused as refused:
+            error = str(refused)
+        else:
+            db.session.commit()
+            return render_template("not_me.html", step="secured", ended=len(ended))
+    try:
+        view = not_me.reported_view(token, now=now())
+    except not_me.LinkRefused:
+        return _refused()
+    db.session.commit()
+    return render_template("not_me.html", step="reported", view=view, ended_now=False,
+                           token=token, form=form, error=error or "Enter the new password twice."), 400
