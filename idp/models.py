@@ -602,7 +602,7 @@ class MailMessage(db.Model):
     kind: Mapped[str] = mapped_column(sa.String(32))
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
     to_address: Mapped[str] = mapped_column(sa.String(254))
-    session_id: Mapped[str | None] = mapped_column(sa.String(32))
+    session_id: Mapped[str | None] = mapped_column(sa.String(32), index=True)
     #: The single-use link the message carries (its secret is derived when rendered).
     link_id: Mapped[str | None] = mapped_column(sa.String(32))
     subject: Mapped[str | None] = mapped_column(sa.String(200))
@@ -626,7 +626,7 @@ class EmailLink(db.Model):
     secret_hash: Mapped[str | None] = mapped_column(sa.String(64))
     purpose: Mapped[str] = mapped_column(sa.String(16))
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
-    session_id: Mapped[str | None] = mapped_column(sa.String(32))
+    session_id: Mapped[str | None] = mapped_column(sa.String(32), index=True)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
     used_at: Mapped[datetime | None]

@@ -34,10 +34,12 @@ from .models import (
     AuthorizationCode,
     Client,
     DeviceCode,
+    EmailLink,
     EndReason,
     LoginSession,
     LogoutAttempt,
     LogoutDelivery,
+    MailMessage,
     OnLimit,
     PasskeyChallenge,
     RefreshToken,
@@ -777,7 +779,7 @@ def sweep(now: datetime, retention: timedelta, *, batch: int = 500, progress=Non
 
 def purge(session_ids: list[str]) -> int:
     """Delete sessions and everything that hangs off them (their logout deliveries and
-    attempts included); returns how many sessions."""
+    attempts, the email about them and its links included); returns how many sessions."""
     family_ids = sa.select(TokenFamily.id).where(_among(TokenFamily.session_id, session_ids))
     delivery_ids = sa.select(LogoutDelivery.id).where(
         _among(LogoutDelivery.session_id, session_ids))
@@ -788,6 +790,8 @@ def purge(session_ids: list[str]) -> int:
         sa.delete(TokenFamily).where(_among(TokenFamily.session_id, session_ids)),
         sa.delete(AuthorizationCode).where(_among(AuthorizationCode.session_id, session_ids)),
         sa.delete(AuditEvent).where(_among(AuditEvent.session_id, session_ids)),
+        sa.delete(MailMessage).where(_among(MailMessage.session_id, session_ids)),
+        sa.delete(EmailLink).where(_among(EmailLink.session_id, session_ids)),
     ):
         db.session.execute(statement.execution_options(synchronize_session=False))
     return db.session.execute(

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
-from idp import credentials, mail, not_me, notices, policy, policy_changes, tokens
+from idp import credentials, mail, not_me, notices, policy, policy_changes, sessions, tokens
 from idp.models import (
     AuditEvent,
     Client,
@@ -392,3 +392,29 @@ def test_the_user_turns_notices_off_on_the_security_page_unless_required(app, ma
         user.account.require_new_device_notices = True
         db.session.commit()
     assert "Your administrator requires it." in browser.get("/account/security").text
+
+
+def test_administrators_see_the_email_beside_the_logout_notices(app, make_user, clock, inbox):
+    make_user("owner@example.com", role="owner")
+    browser = app.test_client()
+    assert page_sign_in(browser, "owner@example.com").status_code == 303
+    with app.app_context():
+        assert deliver(app, clock)["delivered"] == 1
+    page = browser.get("/admin/logout-deliveries")
+    assert page.status_code == 200
+    row = page.text.split('id="mail"')[1]
+    assert "owner@example.com" in row and "New sign-in to your 127.0.0.1 account" in row
+    assert "Delivered" in row
+
+
+def test_the_email_about_a_session_goes_when_its_history_is_purged(ctx, clock, ada, inbox):
+    session = sign_in(ada, clock)
+    deliver(ctx, clock)
+    sessions.end(db.session.get(LoginSession, session.id), EndReason.LOGOUT, now=clock.now(),
+                 actor="user:test")
+    db.session.commit()
+    clock.advance(ctx.config["SESSION_RETENTION"] + timedelta(days=1))
+    result = sessions.sweep(clock.now(), ctx.config["SESSION_RETENTION"])
+    db.session.commit()
+    assert result.purged == 1
+    assert outbox() == [] and db.session.scalars(sa.select(EmailLink)).all() == []

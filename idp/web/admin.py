@@ -12,7 +12,16 @@ import sqlalchemy as sa
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
 from .. import audit, credentials, factors, policy, policy_changes, sessions
-from ..models import EndReason, LoginSession, LogoutAttempt, LogoutDelivery, Role, User, db
+from ..models import (
+    EndReason,
+    LoginSession,
+    LogoutAttempt,
+    LogoutDelivery,
+    MailMessage,
+    Role,
+    User,
+    db,
+)
 from ..policy import PolicyBounds, PolicyError, SessionPolicy
 from ..runtime import client_ip, config, now, services
 from . import current
@@ -295,7 +304,8 @@ def end_user_sessions(sub: str):
 @bp.get("/logout-deliveries")
 @admin_required
 def logout_deliveries():
-    """Back-channel logout notices for this account's sessions, with every attempt."""
+    """Back-channel logout notices for this account's sessions, with every attempt, and
+    the email sent to its users (new-device notices), with where each one stands."""
     rows = db.session.scalars(
         sa.select(LogoutDelivery)
         .join(LoginSession, LoginSession.id == LogoutDelivery.session_id)
@@ -310,5 +320,10 @@ def logout_deliveries():
             .order_by(LogoutAttempt.at)
         ):
             attempts.setdefault(attempt.delivery_id, []).append(attempt)
+    mail = db.session.execute(
+        sa.select(MailMessage, User.email).join(User, User.id == MailMessage.user_id)
+        .where(User.account_id == g.user.account_id)
+        .order_by(MailMessage.created_at.desc(), MailMessage.id.desc()).limit(100)).all()
     db.session.commit()
-    return render_template("admin/deliveries.html", rows=rows, attempts=attempts, now=now())
+    return render_template("admin/deliveries.html", rows=rows, attempts=attempts, mail=mail,
+                           now=now())

@@ -45,6 +45,7 @@ def upgrade():
     op.create_index('ix_mail_outbox_due', 'mail_outbox',
                     ['delivered_at', 'given_up_at', 'next_attempt_at'], unique=False)
     op.create_index('ix_mail_outbox_user_id', 'mail_outbox', ['user_id'], unique=False)
+    op.create_index('ix_mail_outbox_session_id', 'mail_outbox', ['session_id'], unique=False)
     op.create_table(
         'email_links',
         sa.Column('id', sa.String(length=32), nullable=False),
@@ -61,6 +62,7 @@ def upgrade():
     )
     op.create_index('ix_email_links_user_id', 'email_links', ['user_id'], unique=False)
     op.create_index('ix_email_links_expires_at', 'email_links', ['expires_at'], unique=False)
+    op.create_index('ix_email_links_session_id', 'email_links', ['session_id'], unique=False)
     op.create_table(
         'known_devices',
         sa.Column('id', sa.Integer(), nullable=False),
@@ -77,9 +79,11 @@ def upgrade():
 
 def downgrade():
     op.drop_table('known_devices')
+    op.drop_index('ix_email_links_session_id', table_name='email_links')
     op.drop_index('ix_email_links_expires_at', table_name='email_links')
     op.drop_index('ix_email_links_user_id', table_name='email_links')
     op.drop_table('email_links')
+    op.drop_index('ix_mail_outbox_session_id', table_name='mail_outbox')
     op.drop_index('ix_mail_outbox_user_id', table_name='mail_outbox')
     op.drop_index('ix_mail_outbox_due', table_name='mail_outbox')
     op.drop_table('mail_outbox')
