@@ -463,6 +463,7 @@ def worker_command(once: bool, interval: float, as_json: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     totals = {name: {"attempted": 0, "delivered": 0, "retry": 0, "given_up": 0}
               for name in outboxes}
+    totals["mail"]["dropped"] = 0
     with app.app_context():
         while True:
             for name, deliverer in outboxes.items():

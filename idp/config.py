@@ -99,6 +99,9 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
                                     "Wrong user codes typed at /device per signed-in user"),
     "PASSKEY_CEREMONIES_PER_IP": ("60 per minute", "str",
                                   "Passkey ceremonies started (challenges issued) per client IP"),
+    "RESETS_PER_ADDRESS": ("3 per hour", "str", "Password-reset requests per email address "
+                           "(existing or not)"),
+    "RESETS_PER_IP": ("20 per hour", "str", "Password-reset requests per client IP"),
     "USER_CODE_FAILURES_PER_IP": ("30 per 10 minutes", "str",
                                   "Wrong user codes typed at /device per client IP"),
     "RATE_LIMIT_SYNC": ("0.25s", "duration",
@@ -290,7 +293,8 @@ def _validate(config: dict) -> None:
 LIMIT_SETTINGS = ("LOGIN_IP_LIMIT", "CLIENT_AUTH_FAILURES_PER_CLIENT", "CLIENT_AUTH_FAILURES_PER_IP",
                   "TOKEN_RATE_LIMIT", "INTROSPECTION_RATE_LIMIT", "DEVICE_AUTHORIZATIONS_PER_IP",
                   "DEVICE_AUTHORIZATIONS_PER_CLIENT", "USER_CODE_FAILURES_PER_USER",
-                  "USER_CODE_FAILURES_PER_IP", "PASSKEY_CEREMONIES_PER_IP")
+                  "USER_CODE_FAILURES_PER_IP", "PASSKEY_CEREMONIES_PER_IP", "RESETS_PER_ADDRESS",
+                  "RESETS_PER_IP")
 OPTIONAL_LIMITS = ("TOKEN_RATE_LIMIT", "INTROSPECTION_RATE_LIMIT")
 
 

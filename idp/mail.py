@@ -181,6 +181,13 @@ def record(message: MailMessage, *, now: datetime, error: str | None, first: tim
                          give_up_after=give_up_after)
 
 
+def drop(message: MailMessage, *, now: datetime, reason: str) -> None:
+    """Nothing to send (a reset asked for an address no account uses): done, unsent."""
+    message.last_attempt_at = now
+    message.given_up_at = now
+    message.last_error = reason
+
+
 def compose(*, sender: str, to: str, subject: str, text: str, html: str, message_id: int,
             now: datetime, domain: str) -> EmailMessage:
     """A multipart/alternative message: plain text first, then the same in simple HTML."""

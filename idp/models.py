@@ -596,11 +596,17 @@ class MailMessage(db.Model):
     __tablename__ = "mail_outbox"
     __table_args__ = (
         sa.Index("ix_mail_outbox_due", "delivered_at", "given_up_at", "next_attempt_at"),
+        # Password-reset requests (no session), by age: what the sweep purges.
+        sa.Index("ix_mail_outbox_requests", "created_at",
+                 postgresql_where=sa.text("session_id IS NULL"),
+                 sqlite_where=sa.text("session_id IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(sa.String(32))
-    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    #: None for a password-reset request not yet matched to an account (the worker looks
+    #: the address up, so the request costs the same whether or not the address exists).
+    user_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"), index=True)
     to_address: Mapped[str] = mapped_column(sa.String(254))
     session_id: Mapped[str | None] = mapped_column(sa.String(32), index=True)
     #: The single-use link the message carries (its secret is derived when rendered).

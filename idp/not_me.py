@@ -18,16 +18,13 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from . import audit, credentials, notices, passwords, sessions
+from . import audit, credentials, links, notices, sessions
+from .links import LinkRefused
 from .models import EmailLink, EndReason, LoginSession, User, db
 from .passwords import Passwords
 
 #: How long after "This wasn't me" the same link may also end everything and set a password.
 FOLLOW_UP = timedelta(minutes=30)
-
-
-class LinkRefused(Exception):
-    """Unknown, forged, expired or used: one answer for all."""
 
 
 @dataclass(frozen=True)
@@ -37,18 +34,6 @@ class Report:
 
     view: sessions.SessionView
     ended_now: bool
-
-
-def _link(value: str | None) -> EmailLink:
-    """The "not me" link ``value`` names, with its secret checked (not yet its state)."""
-    parts = passwords.split_token(value)
-    if parts is None:
-        raise LinkRefused()
-    link = db.session.get(EmailLink, parts[0])
-    if (link is None or link.purpose != notices.NOT_ME or link.secret_hash is None
-            or not passwords.verify_secret(parts[1], link.secret_hash)):
-        raise LinkRefused()
-    return link
 
 
 def _view(link: EmailLink, now: datetime) -> sessions.SessionView:
@@ -61,22 +46,14 @@ def _view(link: EmailLink, now: datetime) -> sessions.SessionView:
 
 def look(value: str | None, *, now: datetime) -> sessions.SessionView:
     """The sign-in an unused link reports (the confirmation page; nothing changes)."""
-    link = _link(value)
-    if link.used_at is not None or link.expires_at <= now:
-        raise LinkRefused()
-    return _view(link, now)
+    return _view(links.usable(value, notices.NOT_ME, now), now)
 
 
 def report(value: str | None, *, now: datetime, ip: str | None) -> Report:
     """End the reported session and everything under it. The link is spent by one
     conditional UPDATE, so of two clicks at the same instant exactly one acts."""
-    link = _link(value)
-    spent = db.session.execute(
-        sa.update(EmailLink)
-        .where(EmailLink.id == link.id, EmailLink.used_at.is_(None), EmailLink.expires_at > now)
-        .values(used_at=now).execution_options(synchronize_session=False)).rowcount
-    if not spent:
-        raise LinkRefused()
+    link = links.find(value, notices.NOT_ME)
+    links.spend(link, now)
     view = _view(link, now)
     user = view.session.user
     ended = sessions.end(view.session, EndReason.REPORTED, now=now, actor=f"user:{user.sub}",
@@ -88,7 +65,7 @@ def report(value: str | None, *, now: datetime, ip: str | None) -> Report:
 
 def _follow_up(value: str | None, now: datetime) -> EmailLink:
     """A link reported less than ``FOLLOW_UP`` ago whose follow-up is not yet done."""
-    link = _link(value)
+    link = links.find(value, notices.NOT_ME)
     if link.used_at is None or now - link.used_at > FOLLOW_UP or link.followed_up_at:
         raise LinkRefused()
     return link

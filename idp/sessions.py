@@ -747,17 +747,28 @@ def purge_before(cutoff: datetime, *, batch: int = 500, progress=None) -> int:
 DEVICE_CODE_GRACE = timedelta(hours=1)
 
 
+#: Email links, and reset requests' outbox rows (addresses as typed), are kept this long.
+EMAIL_GRACE = timedelta(days=7)
+
+
 def purge_spent(now: datetime, *, batch: int = 500) -> int:
     """Rows that only wait for an approval or guard against a replay, once past their
     time: expired device codes, used client assertions, single access-token
-    revocations past the token's own expiry, and passkey challenges never answered.
+    revocations past the token's own expiry, passkey challenges never answered, email
+    links a week past their expiry and password-reset requests a week old.
     Batches of their own transactions; returns how many rows went."""
     purged = 0
-    for model, cutoff in ((DeviceCode, now - DEVICE_CODE_GRACE), (UsedAssertion, now),
-                          (RevokedAccessToken, now), (PasskeyChallenge, now)):
+    for model, column, cutoff in (
+            (DeviceCode, DeviceCode.expires_at, now - DEVICE_CODE_GRACE),
+            (UsedAssertion, UsedAssertion.expires_at, now),
+            (RevokedAccessToken, RevokedAccessToken.expires_at, now),
+            (PasskeyChallenge, PasskeyChallenge.expires_at, now),
+            (EmailLink, EmailLink.expires_at, now - EMAIL_GRACE),
+            (MailMessage, MailMessage.created_at, now - EMAIL_GRACE)):
         key = model.__mapper__.primary_key[0]
+        only = MailMessage.session_id.is_(None) if model is MailMessage else sa.true()
         while True:
-            due = sa.select(key).where(model.expires_at <= cutoff).order_by(model.expires_at)
+            due = sa.select(key).where(column <= cutoff, only).order_by(column)
             deleted = _with_retries(lambda due=due, model=model, key=key: db.session.execute(
                 sa.delete(model).where(key.in_(due.limit(batch).scalar_subquery()))
                 .execution_options(synchronize_session=False)).rowcount)

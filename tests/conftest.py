@@ -251,3 +251,42 @@ def live_server(settings, clock, backend):
 def localhost_server(settings, clock, backend):
     """The same, with the issuer named ``localhost`` (browsers refuse passkeys on an IP)."""
     yield from _serve(settings, clock, backend, "localhost")
+
+
+# -- a real SMTP server on a loopback port (aiosmtpd), for the provider's email ------------
+
+
+class Inbox:
+    """An aiosmtpd handler keeping every message it accepts, parsed."""
+
+    def __init__(self):
+        self.messages: list = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+        import email
+        import email.policy
+
+        with self.lock:
+            self.messages.append(email.message_from_bytes(envelope.content,
+                                                          policy=email.policy.default))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def inbox(smtp_port):
+    """The mail server at ``smtp_port`` (a test sets ``SMTP_URL`` to it)."""
+    from aiosmtpd.controller import Controller
+
+    handler = Inbox()
+    controller = Controller(handler, hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    yield handler
+    controller.stop()

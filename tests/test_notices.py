@@ -6,8 +6,6 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-import socket
-import threading
 from datetime import timedelta
 
 import pytest
@@ -27,45 +25,12 @@ from idp.models import (
     db,
 )
 from idp.sessions import Origin
+from tests.conftest import Inbox
 from tests.flows import start_session
 
 MARKER = "m" * 43
 BROWSER = Origin(ip="203.0.113.7", device_label="Firefox on Windows", device_type="desktop",
                  location="Paris, France", device_marker=MARKER)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Inbox:
-    """An aiosmtpd handler keeping every message it accepts."""
-
-    def __init__(self):
-        self.messages: list[email.message.EmailMessage] = []
-        self.received = threading.Event()
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
-        self.messages.append(email.message_from_bytes(envelope.content,
-                                                      policy=email.policy.default))
-        self.received.set()
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp_port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def inbox(smtp_port):
-    handler = Inbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=smtp_port)
-    controller.start()
-    yield handler
-    controller.stop()
 
 
 @pytest.fixture
@@ -174,7 +139,7 @@ def test_the_notice_goes_out_over_smtp_after_the_delay_naming_what_signed_in(
     db.session.commit()
     assert deliver(ctx, clock, after=timedelta(seconds=5))["attempted"] == 0  # not yet
     assert deliver(ctx, clock, after=timedelta(seconds=11)) == {
-        "attempted": 1, "delivered": 1, "retry": 0, "given_up": 0}
+        "attempted": 1, "delivered": 1, "retry": 0, "given_up": 0, "dropped": 0}
     [message] = inbox.messages
     assert message["To"] == "ada@example.com"
     assert message["From"] == "no-reply@127.0.0.1"

@@ -18,11 +18,11 @@ from flask import (
     url_for,
 )
 
-from .. import credentials, factors, passkeys, sessions
+from .. import credentials, factors, passkeys, resets, sessions
 from ..models import EndReason, LoginSession, User, db
 from ..runtime import client_ip, config, now, origin, services
 from . import current
-from .forms import ActionForm, CodeForm, LoginForm, PasskeyForm, ReauthenticateForm
+from .forms import ActionForm, CodeForm, ForgotForm, LoginForm, PasskeyForm, ReauthenticateForm
 
 bp = Blueprint("auth", __name__)
 
@@ -133,6 +133,23 @@ def _login_page(form: LoginForm, error: str | None) -> str:
     return render_template("login.html", form=form, error=error,
                            passkey_form=PasskeyForm(formdata=None),
                            passkeys_usable=relying_party().id is not None)
+
+
+@bp.route("/login/forgot", methods=["GET", "POST"])
+def forgot_password():
+    """Ask for a reset link. The answer is the same whether or not an account uses the
+    address, and so is the work done (``resets.request``)."""
+    form = ForgotForm()
+    if not form.validate_on_submit():
+        error = "Type the email address you sign in with." if form.is_submitted() else None
+        return render_template("forgot.html", form=form, sent_to=None, error=error), (
+            400 if error else 200)
+    address = form.email.data.strip().lower()
+    services().limits.reserve("RESETS_PER_IP", client_ip())
+    services().limits.reserve("RESETS_PER_ADDRESS", address)
+    resets.request(address, now=now())
+    db.session.commit()
+    return render_template("forgot.html", form=form, sent_to=address, error=None)
 
 
 @bp.post("/passkey/options/<purpose>")

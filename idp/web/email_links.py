@@ -1,5 +1,5 @@
 """Pages the links in the provider's email open, without being signed in: "This wasn't me"
-from a new-device notice (``not_me``).
+from a new-device notice (``not_me``), and a password reset (``resets``).
 
 The link's GET shows what it will do and asks for one click: mail scanners and link
 previews fetch links by themselves, and a GET must never end a session for them.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template
 
-from .. import credentials, not_me
+from .. import credentials, links, not_me, resets
 from ..models import db
 from ..runtime import client_ip, now, services
 from .forms import ActionForm, NewPasswordForm
@@ -40,6 +40,32 @@ def not_me_page(token: str):
     return render_template("not_me.html", step="reported", view=report.view,
                            ended_now=report.ended_now, token=token,
                            form=NewPasswordForm(formdata=None))
+
+
+@bp.route("/reset/<token>", methods=["GET", "POST"])
+def reset_password(token: str):
+    form = NewPasswordForm()
+    error = None
+    try:
+        if form.validate_on_submit():
+            try:
+                ended = resets.complete(token, new=form.new.data, confirm=form.confirm.data,
+                                        hasher=services().passwords, now=now(), ip=client_ip())
+            except credentials.PasswordChangeRefused as refused:
+                db.session.rollback()
+                error = str(refused)
+            else:
+                db.session.commit()
+                return render_template("reset.html", step="done", ended=len(ended))
+        elif form.is_submitted():
+            error = "Enter the new password twice."
+        user = resets.user_of(token, now=now())
+    except links.LinkRefused:
+        db.session.commit()
+        return render_template("reset.html", step="refused"), 404
+    db.session.commit()
+    return render_template("reset.html", step="form", user=user, form=form,
+                           error=error), 400 if error else 200
 
 
 @bp.post("/not-me/<token>/secure")

@@ -44,6 +44,11 @@ class NewPasswordForm(FlaskForm):
     submit = SubmitField("End all sessions and set this password")
 
 
+class ForgotForm(FlaskForm):
+    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
+    submit = SubmitField("Send me a link")
+
+
 class CodeForm(FlaskForm):
     """A second factor: a 6-digit code, or a recovery code (``abcd-efgh-ij``)."""
 

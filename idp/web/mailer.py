@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, render_template
 
-from .. import mail, notices, passwords, sessions
+from .. import mail, notices, passwords, resets, sessions
 from ..models import EmailLink, MailMessage, User, db
 
 log = logging.getLogger("idp.mail")
@@ -32,15 +32,21 @@ class Mailer:
         return {notices.NEW_DEVICE: self.app.config["NOTICE_DELAY"]}
 
     def attempt(self, message_id: int) -> str:
-        """One attempt at one message: 'delivered', 'retry', 'given_up' or 'skipped'."""
+        """One attempt at one message: 'delivered', 'retry', 'given_up', 'dropped' (nobody
+        to send it to) or 'skipped' (another worker has it)."""
         cfg = self.app.config
         clock = self.app.extensions["idp"].clock
         message = mail.claim(message_id, now=clock.now(), lease=cfg["SMTP_TIMEOUT"] * 3)
         if message is None:
             return "skipped"
+        composed = self.compose(message, clock.now())
+        if composed is None:
+            mail.drop(message, now=clock.now(), reason="no enabled account uses this address")
+            db.session.commit()
+            return "dropped"
         error = None
         try:
-            self.transport.send(self.compose(message, clock.now()))
+            self.transport.send(composed)
         except mail.MailError as failed:
             error = str(failed)
         mail.record(message, now=clock.now(), error=error, first=cfg["MAIL_RETRY_BASE"],
@@ -52,12 +58,21 @@ class Mailer:
         return "given_up" if message.given_up_at else "retry"
 
     def compose(self, message: MailMessage, now: datetime):
-        """The message as it is sent now (the subject is kept for the administrators)."""
+        """The message as it is sent now (the subject is kept for the administrators), or
+        None when there is nobody to send it to."""
         cfg = self.app.config
         issuer_name = urlsplit(cfg["ISSUER"]).hostname or "Identity"
-        user = db.session.get(User, message.user_id)
+        if message.kind == resets.PASSWORD_RESET:
+            user = resets.prepare(message, now)
+            if user is None:
+                return None
+        else:
+            user = db.session.get(User, message.user_id)
         context = {"issuer": cfg["ISSUER"], "issuer_name": issuer_name, "user": user}
-        if message.kind == notices.NEW_DEVICE:
+        if message.kind == resets.PASSWORD_RESET:
+            context.update(reset=f"{cfg['ISSUER']}/reset/{self.link(message)}")
+            subject = f"Set a new password for your {issuer_name} account"
+        elif message.kind == notices.NEW_DEVICE:
             view = sessions.get_for_user(user, message.session_id or "", now)
             context.update(view=view, when=when_in_words(view.session.created_at),
                            not_me=f"{cfg['ISSUER']}/not-me/{self.link(message)}",
@@ -81,7 +96,7 @@ class Mailer:
         return f"{link.id}.{secret}"
 
     def run_due(self, limit: int = 100) -> dict:
-        counts = {"attempted": 0, "delivered": 0, "retry": 0, "given_up": 0}
+        counts = {"attempted": 0, "delivered": 0, "retry": 0, "given_up": 0, "dropped": 0}
         now = self.app.extensions["idp"].clock.now()
         for message_id in mail.due(now, limit, hold=self.hold()):
             outcome = self.attempt(message_id)

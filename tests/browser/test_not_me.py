@@ -9,40 +9,19 @@ sessions page says "Ended: reported by you", and the link is refused the second 
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
-import threading
 
 import pytest
-from aiosmtpd.controller import Controller
 from joserfc import jwt
 
 from idp.models import db
 from tests.conftest import PASSWORD
 from tests.e2e.processes import serving
-from tests.e2e.test_backchannel_logout import Receiver, free_port
+from tests.e2e.test_backchannel_logout import Receiver
 from tests.flows import obtain_tokens
 from tests.relying_party import Browser, RelyingParty
 
 ADA = "ada@example.com"
-
-
-class Inbox:
-    def __init__(self):
-        self.messages: list = []
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
-        with self.lock:
-            self.messages.append(email.message_from_bytes(envelope.content,
-                                                          policy=email.policy.default))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp_port() -> int:
-    return free_port()
 
 
 @pytest.fixture
@@ -51,15 +30,6 @@ def settings(settings, smtp_port):
     # clock stays put; the 15-s delay is tested in tests/test_notices.py.)
     return {**settings, "SMTP_URL": f"smtp://127.0.0.1:{smtp_port}?starttls=no",
             "NOTICE_DELAY": "0s"}
-
-
-@pytest.fixture
-def inbox(smtp_port):
-    handler = Inbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=smtp_port)
-    controller.start()
-    yield handler
-    controller.stop()
 
 
 @pytest.fixture
@@ -140,6 +110,45 @@ def test_this_wasnt_me_from_the_email_ends_that_session_everywhere(
     assert "Ended: reported by you" in row.inner_text()
 
     # The link works once.
+    page.goto(link)
+    page.get_by_role("heading", name="This link cannot be used").wait_for()
+    context.close()
+
+
+def test_a_forgotten_password_is_reset_from_the_email_in_the_browser(
+        chromium, live_server, make_user, inbox, screenshots):
+    base = live_server.url
+    make_user(ADA)
+    context = chromium.new_context(viewport={"width": 900, "height": 800})
+    page = context.new_page()
+    # Signed in somewhere else before: that session must end with the reset.
+    earlier = Browser(base)
+    assert earlier.login(earlier.go(f"{base}/login"), ADA, PASSWORD).url.path == \
+        "/account/sessions"
+
+    page.goto(f"{base}/login")
+    page.get_by_role("link", name="Forgot your password?").click()
+    page.get_by_label("Email").fill(ADA)
+    page.get_by_role("button", name="Send me a link").click()
+    page.get_by_role("heading", name="Check your email").wait_for()
+    send_due_mail(live_server)
+    reset = next(m for m in inbox.messages if m["Subject"].startswith("Set a new password"))
+    link = re.search(r"(http://\S+/reset/\S+)", reset.get_body(("plain",)).get_content()).group(1)
+
+    page.goto(link)
+    page.get_by_label("New password", exact=True).fill("a brand new long password")
+    page.get_by_label("New password again").fill("a brand new long password")
+    page.screenshot(path=str(screenshots / "reset.png"), full_page=True)
+    page.get_by_role("button", name="Set password and sign out everywhere").click()
+    page.get_by_role("heading", name="Password changed").wait_for()
+    assert "1 session ended" in page.locator("#done").inner_text()
+    assert earlier.go(f"{base}/account/sessions").url.path == "/login"
+
+    page.get_by_role("link", name="Sign in").click()
+    page.get_by_label("Email").fill(ADA)
+    page.get_by_label("Password").fill("a brand new long password")
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.wait_for_url(f"{base}/account/sessions")
     page.goto(link)
     page.get_by_role("heading", name="This link cannot be used").wait_for()
     context.close()

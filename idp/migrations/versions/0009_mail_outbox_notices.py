@@ -27,7 +27,7 @@ def upgrade():
         'mail_outbox',
         sa.Column('id', sa.Integer(), nullable=False),
         sa.Column('kind', sa.String(length=32), nullable=False),
-        sa.Column('user_id', sa.Integer(), nullable=False),
+        sa.Column('user_id', sa.Integer(), nullable=True),
         sa.Column('to_address', sa.String(length=254), nullable=False),
         sa.Column('session_id', sa.String(length=32), nullable=True),
         sa.Column('link_id', sa.String(length=32), nullable=True),
@@ -46,6 +46,9 @@ def upgrade():
                     ['delivered_at', 'given_up_at', 'next_attempt_at'], unique=False)
     op.create_index('ix_mail_outbox_user_id', 'mail_outbox', ['user_id'], unique=False)
     op.create_index('ix_mail_outbox_session_id', 'mail_outbox', ['session_id'], unique=False)
+    op.create_index('ix_mail_outbox_requests', 'mail_outbox', ['created_at'], unique=False,
+                    postgresql_where=sa.text('session_id IS NULL'),
+                    sqlite_where=sa.text('session_id IS NULL'))
     op.create_table(
         'email_links',
         sa.Column('id', sa.String(length=32), nullable=False),
@@ -83,6 +86,7 @@ def downgrade():
     op.drop_index('ix_email_links_expires_at', table_name='email_links')
     op.drop_index('ix_email_links_user_id', table_name='email_links')
     op.drop_table('email_links')
+    op.drop_index('ix_mail_outbox_requests', table_name='mail_outbox')
     op.drop_index('ix_mail_outbox_session_id', table_name='mail_outbox')
     op.drop_index('ix_mail_outbox_user_id', table_name='mail_outbox')
     op.drop_index('ix_mail_outbox_due', table_name='mail_outbox')
