@@ -290,3 +290,28 @@ def inbox(smtp_port):
     controller.start()
     yield handler
     controller.stop()
+
+
+def race(app, work, *, refused: type[Exception] | tuple = ()) -> list:
+    """``work()`` in two threads released together by a barrier, each in its own app
+    context and transaction (committed); what each returned, or "refused" for ``refused``."""
+    barrier, answers = threading.Barrier(2), []
+
+    def run():
+        with app.app_context():
+            barrier.wait(10)
+            try:
+                answers.append(work())
+                db.session.commit()
+            except refused:
+                db.session.rollback()
+                answers.append("refused")
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return answers

@@ -25,7 +25,7 @@ from idp.models import (
     db,
 )
 from idp.sessions import Origin
-from tests.conftest import Inbox
+from tests.conftest import Inbox, race
 from tests.flows import start_session
 
 MARKER = "m" * 43
@@ -383,3 +383,18 @@ def test_the_email_about_a_session_goes_when_its_history_is_purged(ctx, clock, a
     db.session.commit()
     assert result.purged == 1
     assert outbox() == [] and db.session.scalars(sa.select(EmailLink)).all() == []
+
+
+def test_two_sign_ins_from_the_same_new_browser_at_once_send_one_notice(app, ctx, clock, ada):
+    user_id = ada.id
+    db.session.remove()
+    race(app, lambda: sign_in(db.session.get(User, user_id), clock).id)
+    assert len(outbox()) == 1
+
+
+def test_two_clicks_on_one_link_at_once_end_the_session_once(app, ctx, clock, reported):
+    answers = race(app, lambda: not_me.report(reported["link"], now=clock.now(),
+                                              ip=None).ended_now, refused=not_me.LinkRefused)
+    assert sorted(answers, key=str) == [True, "refused"]
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(AuditEvent).where(
+        AuditEvent.event == "session.reported")) == 1

@@ -92,6 +92,14 @@ class World:
 
 
 @pytest.fixture
+def settings(settings, smtp_port):
+    """Email goes to ``smtp_port`` (a test that reads it starts the ``inbox`` there), at
+    once: tokens here are checked against the wall clock, so the test's clock stays put."""
+    return {**settings, "SMTP_URL": f"smtp://127.0.0.1:{smtp_port}?starttls=no",
+            "NOTICE_DELAY": "0s"}
+
+
+@pytest.fixture
 def world(live_server, make_account, make_user) -> World:
     account = make_account("acme")
     ada = make_user(ADA, account_id=account)
@@ -301,3 +309,29 @@ def test_approving_a_device_respects_the_concurrent_session_limit(world):
     assert world.row(started["device_code"]).approved is None
     with world.live.app.app_context():
         assert db.session.scalar(sa.select(sa.func.count()).select_from(LoginSession)) == 1
+
+
+def test_a_device_sign_in_emails_one_notice_naming_the_tool(world, inbox):
+    """Over real HTTP and real SMTP: the browser that approves is new (one notice), the
+    device's own session is new (one more, naming the tool); the same browser signing in
+    again sends nothing."""
+    started = world.start(scope="openid profile")
+    browser = world.sign_in()
+    assert world.decide(browser, started["user_code"], "approve").url.path == "/account/sessions"
+    world.wait_interval(started["device_code"])
+    assert world.poll(started["device_code"]).status_code == 200
+    page = browser.go(f"{world.base}/account/sessions/end-others")
+    browser.go(f"{world.base}/logout", method="POST", data={"csrf_token": csrf_token(page.text)})
+    again = browser.login(browser.go(f"{world.base}/login"), ADA, PASSWORD)
+    assert again.url.path == "/account/sessions"
+    with world.live.app.app_context():
+        try:
+            counts = world.live.app.extensions["idp.mail"].run_due()
+        finally:
+            db.session.remove()
+    assert counts["delivered"] == 2 and len(inbox.messages) == 2
+    device = [m.get_body(("plain",)).get_content() for m in inbox.messages
+              if "acme-cli" in m.get_body(("plain",)).get_content()]
+    assert len(device) == 1
+    assert "Device:    acme-cli (device sign-in, for a command-line tool or TV)" in device[0]
+    assert "Signed in to: acme-cli" in device[0]
