@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
-from . import passwords
+from . import passwords, verification
 from .models import Account, Client, OnLimit, Role, User, db
 from .passwords import Passwords
 
@@ -61,7 +61,10 @@ def create_user(
     name: str | None,
     hasher: Passwords,
     now: datetime,
+    verified: bool = False,
 ) -> User:
+    """A new user. Unless the operator vouches for the address (``verified``), it is sent
+    a link to verify it (``verification``); until then no notice or reset goes there."""
     email = email.strip().lower()
     if not EMAIL.match(email):
         raise AccountError(f"not an email address: {email!r}")
@@ -79,7 +82,7 @@ def create_user(
         sub=passwords.new_id(),
         account_id=account.id,
         email=email,
-        email_verified=False,
+        email_verified=verified,
         name=(name or "").strip()[:200] or None,
         role=role,
         password_hash=hasher.hash(password),
@@ -88,6 +91,8 @@ def create_user(
     user.account = account
     db.session.add(user)
     db.session.flush()
+    if not verified:
+        verification.request(user, now=now)
     return user
 
 

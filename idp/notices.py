@@ -6,7 +6,8 @@ sign-in from a browser whose marker the user has not signed in with before (or w
 a marker: cleared cookies, a private window, another browser) is a new device, and so
 is every device-flow sign-in (a command-line tool keeps no cookie). The user then gets
 an email, written in the same transaction as the session (``mail.enqueue``), unless they
-turned notices off and their account does not require them.
+turned notices off and their account does not require them, or their address is not
+verified yet (``verification``).
 
 The notice carries a single-use link, valid 24 hours, bound to that session and user
 ("This wasn't me": ``not_me``).
@@ -70,7 +71,7 @@ def on_sign_in(session: LoginSession, marker: str | None, *, now: datetime
     user = session.user
     new = session.kind == "device" or marker is None or _remember(
         user.id, marker, session.device_label or "", now)
-    if not new or not wants_notices(user):
+    if not new or not wants_notices(user) or not user.email_verified:
         return None
     link = EmailLink(id=passwords.new_id(), purpose=NOT_ME, user_id=user.id,
                      session_id=session.id, created_at=now, expires_at=now + LINK_LIFETIME)

@@ -2,8 +2,8 @@
 
 Asking costs the same whether or not an account uses the address: the request writes one
 outbox row with the address as typed, and the worker looks it up when it sends
-(``prepare``). An address no account uses (or a disabled user's) gets no email, and the
-page that answered said the same thing either way. Requests are counted per address and
+(``prepare``). An address no account uses (or a disabled user's, or one not verified yet)
+gets no email, and the page that answered said the same thing either way. Requests are counted per address and
 per IP on the shared counters (``IDP_RESETS_PER_ADDRESS``, ``IDP_RESETS_PER_IP``).
 
 The email's link works once, for an hour. Setting the new password counts as a password
@@ -36,7 +36,7 @@ def prepare(message: MailMessage, now: datetime) -> User | None:
     if message.user_id is not None:
         return db.session.get(User, message.user_id)
     user = db.session.scalar(sa.select(User).where(User.email == message.to_address))
-    if user is None or user.disabled_at is not None:
+    if user is None or user.disabled_at is not None or not user.email_verified:
         return None
     link = EmailLink(id=passwords.new_id(), purpose=PASSWORD_RESET, user_id=user.id,
                      created_at=now, expires_at=now + LINK_LIFETIME)

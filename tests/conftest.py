@@ -167,7 +167,8 @@ def make_account(app, clock):
 @pytest.fixture
 def make_user(app, clock, make_account):
     def make(email: str = "ada@example.com", *, account_id: int | None = None,
-             role: str = "member", name: str = "Ada Lovelace", password: str = PASSWORD):
+             role: str = "member", name: str = "Ada Lovelace", password: str = PASSWORD,
+             verified: bool = True):
         with app.app_context():
             from idp.models import Account
 
@@ -177,7 +178,7 @@ def make_user(app, clock, make_account):
             account = db.session.get(Account, account_id)
             user = accounts.create_user(
                 account, email=email, password=password, role=role, name=name,
-                hasher=app.extensions["idp"].passwords, now=clock.now(),
+                hasher=app.extensions["idp"].passwords, now=clock.now(), verified=verified,
             )
             db.session.commit()
             return user.sub

@@ -222,8 +222,12 @@ def test_create_user_reads_the_password_from_stdin(shared):
                  "--role", "owner", "--name", "Ada Lovelace", "--password-stdin", "--json",
                  stdin=PASSWORD + "\n")
     out = one_json_object(result)
-    assert set(out) == {"sub", "email"}
-    assert out["email"] == "ada@example.com"
+    assert set(out) == {"sub", "email", "email_verified"}
+    assert out["email"] == "ada@example.com" and out["email_verified"] is False
+    # Not vouched for by the operator: the address is sent a link to verify it.
+    [mail] = query(shared, "SELECT m.kind, l.purpose FROM mail_outbox m JOIN email_links l "
+                           "ON l.id = m.link_id WHERE m.to_address = ?", "ada@example.com")
+    assert tuple(mail) == ("verify_email", "verify_email")
     [row] = query(shared, "SELECT u.sub, u.role, u.name, u.password_hash, a.name AS account "
                           "FROM users u JOIN accounts a ON a.id = u.account_id WHERE email = ?",
                   "ada@example.com")
@@ -323,7 +327,7 @@ def test_sweep_expires_stale_sessions_and_purges_old_history(home):
         user = accounts.create_user(account, email="s@example.com", password=PASSWORD,
                                     role="member", name=None,
                                     hasher=app.extensions["idp"].passwords,
-                                    now=now - timedelta(days=41))
+                                    now=now - timedelta(days=41), verified=True)
         ancient = start_session(user, origin, now=now - timedelta(days=40)).session
         sessions.end(ancient, EndReason.LOGOUT, now=now - timedelta(days=40), actor="test")
         stale = start_session(user, origin, now=now - timedelta(days=3)).session

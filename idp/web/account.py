@@ -6,7 +6,7 @@ from functools import wraps
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
 
-from .. import credentials, factors, notices, passkeys, sessions, step_up
+from .. import credentials, factors, notices, passkeys, sessions, step_up, verification
 from ..models import EndReason, db
 from ..runtime import client_ip, config, now, services
 from . import current
@@ -260,6 +260,20 @@ def security():
         passkeys=[f for f in enrolled if f.kind == passkeys.KIND],
         apps=[f for f in enrolled if f.kind == factors.TOTP],
         passkeys_problem=relying_party().problem, user=g.user)
+
+
+@bp.post("/security/verify-email")
+@login_required
+def send_verification():
+    """The verification link again (counted with the reset requests of the address)."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    if not g.user.email_verified:
+        services().limits.reserve("RESETS_PER_ADDRESS", g.user.email)
+        verification.request(g.user, now=now())
+    db.session.commit()
+    flash(f"Sent a new link to {g.user.email}.", "success")
+    return redirect(url_for("account.security"), 303)
 
 
 @bp.post("/security/notices")

@@ -1,5 +1,6 @@
 """Pages the links in the provider's email open, without being signed in: "This wasn't me"
-from a new-device notice (``not_me``), and a password reset (``resets``).
+from a new-device notice (``not_me``), a password reset (``resets``), and the verification
+of an address (``verification``).
 
 The link's GET shows what it will do and asks for one click: mail scanners and link
 previews fetch links by themselves, and a GET must never end a session for them.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template
 
-from .. import credentials, links, not_me, resets
+from .. import credentials, links, not_me, resets, verification
 from ..models import db
 from ..runtime import client_ip, now, services
 from .forms import ActionForm, NewPasswordForm
@@ -66,6 +67,22 @@ def reset_password(token: str):
     db.session.commit()
     return render_template("reset.html", step="form", user=user, form=form,
                            error=error), 400 if error else 200
+
+
+@bp.route("/verify/<token>", methods=["GET", "POST"])
+def verify_email(token: str):
+    form = ActionForm()
+    try:
+        if form.validate_on_submit():
+            user = verification.confirm(token, now=now(), ip=client_ip())
+            db.session.commit()
+            return render_template("verify.html", step="done", user=user)
+        user = verification.look(token, now=now())
+    except links.LinkRefused:
+        db.session.rollback()
+        return render_template("verify.html", step="refused"), 404
+    db.session.commit()
+    return render_template("verify.html", step="confirm", user=user, form=form)
 
 
 @bp.post("/not-me/<token>/secure")

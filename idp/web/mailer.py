@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, render_template
 
-from .. import mail, notices, passwords, resets, sessions
+from .. import mail, notices, passwords, resets, sessions, verification
 from ..models import EmailLink, MailMessage, User, db
 
 log = logging.getLogger("idp.mail")
@@ -72,6 +72,9 @@ class Mailer:
         if message.kind == resets.PASSWORD_RESET:
             context.update(reset=f"{cfg['ISSUER']}/reset/{self.link(message)}")
             subject = f"Set a new password for your {issuer_name} account"
+        elif message.kind == verification.VERIFY_EMAIL:
+            context.update(verify=f"{cfg['ISSUER']}/verify/{self.link(message)}")
+            subject = f"Verify your email address for {issuer_name}"
         elif message.kind == notices.NEW_DEVICE:
             view = sessions.get_for_user(user, message.session_id or "", now)
             context.update(view=view, when=when_in_words(view.session.created_at),
