@@ -265,11 +265,12 @@ def security():
 @bp.post("/security/verify-email")
 @login_required
 def send_verification():
-    """The verification link again (counted with the reset requests of the address)."""
+    """The verification link again: counted per address as resets are, on a count of its
+    own (reset requests for the address, which anyone can send, never block this)."""
     if not ActionForm().validate_on_submit():
         abort(400)
     if not g.user.email_verified:
-        services().limits.reserve("RESETS_PER_ADDRESS", g.user.email)
+        services().limits.reserve("RESETS_PER_ADDRESS", f"verify:{g.user.email}")
         verification.request(g.user, now=now())
     db.session.commit()
     flash(f"Sent a new link to {g.user.email}.", "success")

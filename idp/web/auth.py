@@ -19,6 +19,7 @@ from flask import (
 )
 
 from .. import credentials, factors, passkeys, resets, sessions
+from ..counters import Limited
 from ..models import EndReason, LoginSession, User, db
 from ..runtime import client_ip, config, now, origin, services
 from . import current
@@ -146,8 +147,15 @@ def forgot_password():
             400 if error else 200)
     address = form.email.data.strip().lower()
     services().limits.reserve("RESETS_PER_IP", client_ip())
-    services().limits.reserve("RESETS_PER_ADDRESS", address)
-    resets.request(address, now=now())
+    try:
+        # Keyed by an address anyone can type: past it, nothing more is sent (the owner
+        # already has working links), but nobody is refused, so nobody can lock a user
+        # out of their own reset.
+        services().limits.reserve("RESETS_PER_ADDRESS", address)
+    except Limited:
+        pass
+    else:
+        resets.request(address, now=now())
     db.session.commit()
     return render_template("forgot.html", form=form, sent_to=address, error=None)
 
