@@ -101,6 +101,15 @@ def _session_or_error(session: LoginSession | None) -> LoginSession:
     return session
 
 
+def _session_over(holder: tokens.Holder, current) -> InvalidGrantError:
+    """A grant's session found over by this read: the end recorded as the read found it
+    (``Holder.settle``), and the error to answer with."""
+    holder.settle(current)
+    if holder.session_end(current) is EndReason.DISABLED:
+        return InvalidGrantError("The user is disabled.")
+    return InvalidGrantError("The login session behind this grant has ended.")
+
+
 def _locked_session(session_id: str) -> LoginSession | None:
     """The session a new family will stand on, read FOR SHARE (PostgreSQL): an ending in
     progress holds the row, so this waits for it and sees the end, or the ending waits for
@@ -151,13 +160,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         holder = tokens.code_standing(authorization_code)
         if holder is None:
             raise InvalidGrantError("The session behind this grant no longer exists.")
-        reason = holder.session_end(current)
-        if reason is not None:
+        if holder.session_end(current) is not None:
             db.session.rollback()
-            holder.settle(current)
-            if reason is EndReason.DISABLED:
-                raise InvalidGrantError("The user is disabled.")
-            raise InvalidGrantError("The login session behind this grant has ended.")
+            raise _session_over(holder, current)
         tokens.open_family(holder, now=current)
         return Principal(holder.user, None, holder=holder)
 
@@ -196,10 +201,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         holder, current = refresh_token.holder, now()
         if not holder.active(current):
             if holder.revoked_at is None and holder.client_disabled_at is None:
-                holder.settle(current)  # the session is over: recorded as this read found it
-                if holder.session_end(current) is EndReason.DISABLED:
-                    raise InvalidGrantError("The user is disabled.")
-                raise InvalidGrantError("The login session behind this grant has ended.")
+                raise _session_over(holder, current)
             raise InvalidGrantError("The grant has been revoked.")
         # Seen now (so the new tokens' deadlines count from now), written at the end.
         self.activity = sessions.activity(holder.last_active_at, refresh_token.ip_last, current,
