@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 import sqlalchemy as sa
 
 from . import outbox
-from .models import MailMessage, db
+from .models import MailAttempt, MailMessage, db
 
 
 class MailError(Exception):
@@ -41,7 +41,9 @@ class MailError(Exception):
 @dataclass(frozen=True)
 class Smtp:
     """``smtp://user:password@host:587`` (STARTTLS when the server offers it; required with
-    ``?starttls=required``), ``smtps://…:465`` (implicit TLS), ``smtp://host:25?starttls=no``."""
+    ``?starttls=required`` or when there is a password to send), ``smtps://…:465`` (implicit
+    TLS), ``smtp://host:25?starttls=no``. The server's certificate is verified against the
+    system's authorities (``SSL_CERT_FILE`` names another bundle)."""
 
     host: str
     port: int
@@ -80,8 +82,9 @@ class Smtp:
                     if server.has_extn("starttls"):
                         server.starttls(context=context)
                         server.ehlo()
-                    elif self.starttls == "required":
-                        raise MailError("the mail server does not offer STARTTLS")
+                    elif self.starttls == "required" or self.username:
+                        raise MailError("the mail server does not offer STARTTLS (a password "
+                                        "is sent only over TLS; ?starttls=no to send anyway)")
                 if self.username:
                     server.login(self.username, self.password or "")
                 server.send_message(message)
@@ -168,12 +171,14 @@ def claim(message_id: int, *, now: datetime, lease: timedelta) -> MailMessage | 
     return db.session.get(MailMessage, message_id, populate_existing=True)
 
 
-def record(message: MailMessage, *, now: datetime, error: str | None, first: timedelta,
-           longest: timedelta, give_up_after: timedelta) -> None:
-    """Store the attempt's outcome: delivered, or the next attempt, or given up."""
+def record(message: MailMessage, *, now: datetime, error: str | None, duration_ms: int,
+           first: timedelta, longest: timedelta, give_up_after: timedelta) -> None:
+    """Store the attempt and its outcome: delivered, or the next attempt, or given up."""
     message.attempts += 1
     message.last_attempt_at = now
     message.last_error = (error or "")[:300] or None
+    db.session.add(MailAttempt(message_id=message.id, at=now, error=message.last_error,
+                               duration_ms=duration_ms))
     if error is None:
         message.delivered_at = now
         return

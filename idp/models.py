@@ -621,6 +621,18 @@ class MailMessage(db.Model):
     given_up_at: Mapped[datetime | None]
 
 
+class MailAttempt(db.Model):
+    """One try at handing a message to the mail server: what administrators see."""
+
+    __tablename__ = "mail_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(sa.ForeignKey("mail_outbox.id"), index=True)
+    at: Mapped[datetime]
+    error: Mapped[str | None] = mapped_column(sa.String(300))
+    duration_ms: Mapped[int]
+
+
 class EmailLink(db.Model):
     """A single-use link sent by email, bound to its user (and session). Its secret is
     derived when the message is rendered (``mail.link_secret``); until then the hash is

@@ -39,6 +39,7 @@ from .models import (
     LoginSession,
     LogoutAttempt,
     LogoutDelivery,
+    MailAttempt,
     MailMessage,
     OnLimit,
     PasskeyChallenge,
@@ -769,13 +770,22 @@ def purge_spent(now: datetime, *, batch: int = 500) -> int:
         only = MailMessage.session_id.is_(None) if model is MailMessage else sa.true()
         while True:
             due = sa.select(key).where(column <= cutoff, only).order_by(column)
-            deleted = _with_retries(lambda due=due, model=model, key=key: db.session.execute(
-                sa.delete(model).where(key.in_(due.limit(batch).scalar_subquery()))
-                .execution_options(synchronize_session=False)).rowcount)
+            deleted = _with_retries(lambda due=due, model=model, key=key: _delete_batch(
+                model, key, due.limit(batch)))
             purged += deleted
             if deleted < batch:
                 break
     return purged
+
+
+def _delete_batch(model, key, due: sa.Select) -> int:
+    """Delete the rows ``due`` selects (a message with its attempts); returns how many."""
+    ids = db.session.scalars(due).all()
+    if ids and model is MailMessage:
+        db.session.execute(sa.delete(MailAttempt).where(MailAttempt.message_id.in_(ids))
+                           .execution_options(synchronize_session=False))
+    return db.session.execute(sa.delete(model).where(key.in_(ids))
+                              .execution_options(synchronize_session=False)).rowcount if ids else 0
 
 
 def sweep(now: datetime, retention: timedelta, *, batch: int = 500, progress=None,
@@ -801,6 +811,8 @@ def purge(session_ids: list[str]) -> int:
         sa.delete(TokenFamily).where(_among(TokenFamily.session_id, session_ids)),
         sa.delete(AuthorizationCode).where(_among(AuthorizationCode.session_id, session_ids)),
         sa.delete(AuditEvent).where(_among(AuditEvent.session_id, session_ids)),
+        sa.delete(MailAttempt).where(MailAttempt.message_id.in_(
+            sa.select(MailMessage.id).where(_among(MailMessage.session_id, session_ids)))),
         sa.delete(MailMessage).where(_among(MailMessage.session_id, session_ids)),
         sa.delete(EmailLink).where(_among(EmailLink.session_id, session_ids)),
     ):

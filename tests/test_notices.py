@@ -20,6 +20,7 @@ from idp.models import (
     EndReason,
     LoginSession,
     LogoutDelivery,
+    MailAttempt,
     MailMessage,
     User,
     db,
@@ -176,6 +177,8 @@ def test_a_dead_mail_server_delays_the_notice_and_never_sends_it_twice(
         controller.stop()
     assert len(handler.messages) == 1
     assert outbox()[0].attempts == 2
+    first, second = db.session.scalars(sa.select(MailAttempt).order_by(MailAttempt.id)).all()
+    assert "ConnectionRefusedError" in first.error and second.error is None
 
 
 def test_without_smtp_mail_is_written_to_the_instance_folder(app, ctx, clock, ada, settings):
@@ -369,7 +372,7 @@ def test_administrators_see_the_email_beside_the_logout_notices(app, make_user, 
     assert page.status_code == 200
     row = page.text.split('id="mail"')[1]
     assert "owner@example.com" in row and "New sign-in to your 127.0.0.1 account" in row
-    assert "Delivered" in row
+    assert "Delivered" in row and ": handed over, " in row  # the attempt, with its time
 
 
 def test_the_email_about_a_session_goes_when_its_history_is_purged(ctx, clock, ada, inbox):
@@ -383,6 +386,7 @@ def test_the_email_about_a_session_goes_when_its_history_is_purged(ctx, clock, a
     db.session.commit()
     assert result.purged == 1
     assert outbox() == [] and db.session.scalars(sa.select(EmailLink)).all() == []
+    assert db.session.scalars(sa.select(MailAttempt)).all() == []
 
 
 def test_two_sign_ins_from_the_same_new_browser_at_once_send_one_notice(app, ctx, clock, ada):

@@ -9,13 +9,15 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from idp import credentials, links, resets, tokens
+from idp import credentials, links, resets, sessions, tokens
 from idp.models import (
     AuditEvent,
     Client,
+    EmailLink,
     EndReason,
     LoginSession,
     LogoutDelivery,
+    MailAttempt,
     MailMessage,
     User,
     db,
@@ -146,6 +148,27 @@ def test_the_link_expires_after_an_hour(app, ada, clock, inbox):
         with pytest.raises(links.LinkRefused):
             resets.complete(link, new=NEW, confirm=NEW, hasher=app.extensions["idp"].passwords,
                             now=clock.now(), ip=None)
+
+
+def test_a_week_after_it_expires_the_sweep_forgets_the_request_its_link_and_attempts(
+        app, ada, clock, inbox):
+    ask(app.test_client(), "ada@example.com")
+    ask(app.test_client(), "nobody@example.com")
+    with app.app_context():
+        deliver(app, clock)
+        requests = sa.select(MailMessage).where(MailMessage.kind == "password_reset")
+        assert len(db.session.scalars(requests).all()) == 2
+        reset_links = sa.select(EmailLink).where(EmailLink.purpose == resets.PASSWORD_RESET)
+        assert len(db.session.scalars(reset_links).all()) == 1
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(MailAttempt)) >= 1
+        clock.advance(days=7, hours=2)
+        sessions.purge_spent(clock.now())
+        db.session.commit()
+        assert db.session.scalars(requests).all() == []
+        assert db.session.scalars(reset_links).all() == []
+        assert db.session.scalars(sa.select(MailAttempt).join(
+            MailMessage, MailMessage.id == MailAttempt.message_id).where(
+            MailMessage.kind == "password_reset")).all() == []
 
 
 def test_a_not_me_link_is_no_reset_link(app, ada, clock, inbox):

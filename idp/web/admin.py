@@ -17,6 +17,7 @@ from ..models import (
     LoginSession,
     LogoutAttempt,
     LogoutDelivery,
+    MailAttempt,
     MailMessage,
     Role,
     User,
@@ -324,6 +325,13 @@ def logout_deliveries():
         sa.select(MailMessage, User.email).join(User, User.id == MailMessage.user_id)
         .where(User.account_id == g.user.account_id)
         .order_by(MailMessage.created_at.desc(), MailMessage.id.desc()).limit(100)).all()
+    mail_attempts: dict[int, list[MailAttempt]] = {}
+    if mail:
+        for attempt in db.session.scalars(
+            sa.select(MailAttempt).where(MailAttempt.message_id.in_([m.id for m, _ in mail]))
+            .order_by(MailAttempt.at, MailAttempt.id)
+        ):
+            mail_attempts.setdefault(attempt.message_id, []).append(attempt)
     db.session.commit()
     return render_template("admin/deliveries.html", rows=rows, attempts=attempts, mail=mail,
-                           now=now())
+                           mail_attempts=mail_attempts, now=now())

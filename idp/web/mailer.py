@@ -6,6 +6,7 @@ outcome recorded with the retry discipline of back-channel logout. Run by ``idp 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 from urllib.parse import urlsplit
 
@@ -44,13 +45,15 @@ class Mailer:
             mail.drop(message, now=clock.now(), reason="no enabled account uses this address")
             db.session.commit()
             return "dropped"
-        error = None
+        error, started = None, time.perf_counter()
         try:
             self.transport.send(composed)
         except mail.MailError as failed:
             error = str(failed)
-        mail.record(message, now=clock.now(), error=error, first=cfg["MAIL_RETRY_BASE"],
-                    longest=cfg["MAIL_RETRY_MAX"], give_up_after=cfg["MAIL_GIVE_UP"])
+        mail.record(message, now=clock.now(), error=error,
+                    duration_ms=round((time.perf_counter() - started) * 1000),
+                    first=cfg["MAIL_RETRY_BASE"], longest=cfg["MAIL_RETRY_MAX"],
+                    give_up_after=cfg["MAIL_GIVE_UP"])
         db.session.commit()
         if message.delivered_at:
             return "delivered"
