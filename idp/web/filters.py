@@ -1,8 +1,10 @@
-"""Template filters: times in words, with the exact time kept for hover."""
+"""Template filters: times and places in words, with the exact time kept for hover."""
 
 from __future__ import annotations
 
 from datetime import datetime
+
+from ..devices import LOCAL_NETWORK, THIS_COMPUTER, UNKNOWN_LOCATION
 
 
 def _unit(seconds: int) -> str:
@@ -28,6 +30,19 @@ def exact(when: datetime) -> str:
     return when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def from_place(location: str) -> str:
+    """"from Paris, France" / "from this computer" / "from your local network": a
+    session's location as the end of a sentence ("… signed in from this computer")."""
+    if location == THIS_COMPUTER:
+        return "from this computer"
+    if location == LOCAL_NETWORK:
+        return "from your local network"
+    if location in (UNKNOWN_LOCATION, ""):
+        return "from an unknown place"
+    return f"from {location}"
+
+
 def register(app) -> None:
     app.add_template_filter(relative, "relative")
     app.add_template_filter(exact, "exact")
+    app.add_template_filter(from_place, "from_place")

@@ -152,3 +152,39 @@ def test_a_forgotten_password_is_reset_from_the_email_in_the_browser(
     page.goto(link)
     page.get_by_role("heading", name="This link cannot be used").wait_for()
     context.close()
+
+
+def test_a_new_address_is_verified_from_the_email_and_apps_are_told(
+        chromium, live_server, make_user, make_client, inbox, screenshots):
+    base = live_server.url
+    make_user(ADA, verified=False)  # as `idp create-user` without --verified: a link is sent
+    photos = make_client("Photos", redirect_uri="http://127.0.0.1:9/photos/cb")
+    rp = RelyingParty(base, photos.client_id, photos.client_secret, photos.redirect_uri)
+    before = obtain_tokens(rp, Browser(base), ADA)
+    assert rp.verify_id_token(before["id_token"], None)["email_verified"] is False
+
+    send_due_mail(live_server)
+    verify = next(m for m in inbox.messages if m["Subject"].startswith("Verify"))
+    assert verify["To"] == ADA
+    assert not any(m["Subject"].startswith("New sign-in") for m in inbox.messages)  # unverified
+    link = re.search(r"(http://\S+/verify/\S+)", verify.get_body(("plain",)).get_content()
+                     ).group(1)
+
+    context = chromium.new_context(viewport={"width": 900, "height": 600})
+    page = context.new_page()
+    page.goto(link)  # opening it (as a mail scanner would) verifies nothing yet
+    page.get_by_role("heading", name="Verify your email address").wait_for()
+    assert ADA in page.locator("#summary").inner_text()
+    assert rp.userinfo(before["access_token"]).json()["email_verified"] is False
+    page.screenshot(path=str(screenshots / "verify-email.png"), full_page=True)
+    page.get_by_role("button", name="Confirm").click()
+    page.get_by_role("heading", name="Email address verified").wait_for()
+
+    # Apps see it: in userinfo at once, and in the next ID token.
+    assert rp.userinfo(before["access_token"]).json()["email_verified"] is True
+    after = obtain_tokens(rp, Browser(base), ADA)
+    assert rp.verify_id_token(after["id_token"], None)["email_verified"] is True
+
+    page.goto(link)  # once only
+    page.get_by_role("heading", name="This link cannot be used").wait_for()
+    context.close()
