@@ -23,6 +23,7 @@ from .. import passwords, tokens
 from ..keys import KeyStore
 from ..models import Client, HotQuery, RefreshToken, RevokedAccessToken, TokenFamily, read_only
 from .client_limits import authenticated
+from .grants import user_info
 
 TOKEN_TYPE_HINTS = ("access_token", "refresh_token")
 
@@ -148,7 +149,8 @@ def _permitted(client_id: str, resource_server: bool, holder: tokens.Holder,
 def body(holder: tokens.Holder, *, issuer: str, scope: str, claims: dict | None = None,
          issued_at: datetime | None = None, expires_at: datetime | None = None) -> dict:
     """RFC 7662 §2.2 for an active token: an access token's claims, or a refresh
-    token's times."""
+    token's times. ``sub`` identifies the user; ``username`` (the address) only when the
+    token's scope releases it, as userinfo does (``profile`` or ``email``)."""
     answer_body = {
         "active": True,
         "scope": scope,
@@ -158,7 +160,10 @@ def body(holder: tokens.Holder, *, issuer: str, scope: str, claims: dict | None 
     }
     if holder.user is not None:
         answer_body["sub"] = holder.user.sub
-        answer_body["username"] = holder.user.email
+        released = user_info(holder.user, scope)  # no more than userinfo would say
+        username = released.get("preferred_username") or released.get("email")
+        if username:
+            answer_body["username"] = username
     else:
         answer_body["sub"] = holder.client_id  # client_credentials: the client acts for itself
     if holder.session_id is not None:

@@ -544,3 +544,36 @@ def test_a_resource_indicator_puts_the_resource_server_in_the_audience(
         "resource": "https://nowhere.example"},
         auth=(app_client.client_id, app_client.client_secret))
     assert unknown.status_code == 400 and unknown.json()["error"] == "invalid_target"
+
+
+@pytest.mark.parametrize("scope, username", [
+    ("openid", None), ("openid email", ADA), ("openid profile", ADA)])
+def test_introspection_says_no_more_about_the_user_than_the_scope_allows(
+        live_server, make_user, make_client, scope, username):
+    """``sub`` identifies the user; the address (``username``) is released to the client and
+    to a resource server it names only as far as the token's scope releases it, as userinfo
+    does: an ``openid``-only token tells a resource server nothing personal."""
+    import httpx
+
+    from tests.flows import obtain_tokens
+    from tests.relying_party import Browser, RelyingParty
+
+    make_user(ADA)
+    app_client = make_client("Photos")
+    api = make_client("Photos API", resource_server=True, redirect_uri="https://api.example/unused")
+    rp = RelyingParty(live_server.url, app_client.client_id, app_client.client_secret,
+                      app_client.redirect_uri)
+    tokens = obtain_tokens(rp, Browser(live_server.url), scope=scope)
+    refreshed = httpx.post(rp.metadata["token_endpoint"], data={
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+        "resource": api.client_id}, auth=(app_client.client_id, app_client.client_secret))
+    assert refreshed.status_code == 200, refreshed.text
+    sub = rp.verify_id_token(tokens["id_token"], None)["sub"]
+    for token, caller in ((tokens["access_token"], None),
+                          (refreshed.json()["access_token"], (api.client_id, api.client_secret)),
+                          (refreshed.json()["refresh_token"], None)):
+        body = rp.introspect(token, **({"auth": caller} if caller else {})).json()
+        assert body["active"] is True and body["sub"] == sub and body["scope"] == scope
+        assert body.get("username") == username
+        assert ADA not in str(body) or username == ADA
+    assert ("email" in rp.userinfo(tokens["access_token"]).json()) == (scope == "openid email")
