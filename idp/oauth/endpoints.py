@@ -28,7 +28,7 @@ from .. import audit, devices, passwords, tokens
 from ..keys import KeyStore
 from ..models import Client, DeviceCode, UsedAssertion, db, read_only
 from ..runtime import client_ip, config, now, services
-from . import introspection
+from . import introspection, scopes
 from .client_limits import unverified_sub
 from .grants import Principal, user_info
 
@@ -229,6 +229,7 @@ class DeviceAuthorizationEndpoint(_DeviceAuthorizationEndpoint):
         limits.reserve("DEVICE_AUTHORIZATIONS_PER_CLIENT", request.client.client_id)
         if not request.client.check_grant_type(DEVICE_CODE_GRANT_TYPE):
             raise UnauthorizedClientError("This client may not use the device flow.")
+        scopes.requested(request.payload.scope, request.client)
         return super().create_endpoint_response(request)
 
     def generate_device_code(self) -> str:

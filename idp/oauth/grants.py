@@ -44,6 +44,7 @@ from ..models import (
     db,
 )
 from ..runtime import client_ip, config, now, services
+from . import scopes
 
 CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
 CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
@@ -119,7 +120,14 @@ def _locked_session(session_id: str) -> LoginSession | None:
                           with_for_update={"read": True, "of": LoginSession})
 
 
-class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+class ClientScope:
+    """Unknown scope values ignored; known ones the client may not have refused."""
+
+    def validate_requested_scope(self) -> None:
+        scopes.requested(self.request.payload.scope, self.request.client)
+
+
+class AuthorizationCodeGrant(ClientScope, grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
 
     def generate_authorization_code(self) -> str:
@@ -133,7 +141,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             client=request.client,
             session=principal.session,
             redirect_uri=payload.redirect_uri or request.client.get_default_redirect_uri(),
-            scope=request.scope,
+            scope=scopes.approvable(request.scope, principal.user),
             nonce=payload.data.get("nonce"),
             code_challenge=payload.data.get("code_challenge"),
             code_challenge_method=payload.data.get("code_challenge_method"),
@@ -297,7 +305,7 @@ class OpenIDCode(_OpenIDCode):
 USER_SCOPES = {"openid", "profile", "email", "sessions", "admin"}
 
 
-class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+class ClientCredentialsGrant(ClientScope, grants.ClientCredentialsGrant):
     """Machine clients: tokens with no user and no session, never refreshable."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS

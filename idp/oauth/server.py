@@ -16,6 +16,7 @@ from flask import request as flask_request
 from .. import passwords, tokens
 from ..models import Client, HotQuery, db
 from ..runtime import config, now, services
+from . import scopes
 from .client_limits import authenticated, claimed_client_id, client_authentication_failed
 from .endpoints import (
     DeviceAuthorizationEndpoint,
@@ -36,7 +37,7 @@ from .grants import (
     S256CodeChallenge,
 )
 
-SCOPES_SUPPORTED = ["openid", "profile", "email", "sessions", "admin"]
+SCOPES_SUPPORTED = list(scopes.SUPPORTED)
 
 
 _CLIENTS = Client.__table__
@@ -49,6 +50,10 @@ class AuthorizationServer(_AuthorizationServer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._clients: dict[str, tuple[tuple, Client]] = {}
+
+    def validate_requested_scope(self, scope) -> None:
+        """Unknown scope values are ignored, not refused; what the client may ask for is
+        checked where the client is known (``scopes.requested``)."""
 
     def query_client(self, client_id: str) -> Client | None:
         """The enabled client, read from the database on every call (a disabled client
@@ -107,6 +112,7 @@ def generate_token(
     current = now()
     if user is None:
         # client_credentials: a family of its own, no user, no session (one INSERT).
+        scope = scopes.requested(scope, client)  # as the grant checked it, unknowns left out
         holder = tokens.Holder(passwords.new_id(), client.client_id, scope or "", None, None,
                                None, None)
         tokens.open_family(holder, now=current)

@@ -12,19 +12,13 @@ from flask import Blueprint, flash, g, redirect, render_template, request, url_f
 from .. import sessions
 from ..counters import Limited
 from ..models import DeviceCode, db
+from ..oauth import scopes
 from ..runtime import client_ip, now, services
 from . import current
 from .account import login_required
 from .forms import ActionForm
 
 bp = Blueprint("device", __name__, url_prefix="/device")
-
-SCOPE_TEXT = {
-    "openid": "Know who you are", "profile": "See your name", "email": "See your email address",
-    "sessions": "See and end your login sessions",
-    "admin": "Manage your organisation's session policy and users' sessions",
-}
-
 
 def normalise(code: str) -> str:
     """Users type codes loosely: 'bcdf ghjk' and 'BCDFGHJK' both mean 'BCDF-GHJK'."""
@@ -66,7 +60,7 @@ def enter():
         db.session.commit()
         return render_template(
             "device/confirm.html", form=ActionForm(), row=row,
-            scopes=[SCOPE_TEXT.get(s, s) for s in row.scope.split()],
+            scopes=[text for _, text in scopes.described(scopes.approvable(row.scope, g.user))],
             location=services().locator.locate(row.ip),
         )
     db.session.commit()
@@ -107,6 +101,7 @@ def decide():
               "End one, then approve the device again.", "info")
         return redirect(url_for("account.sessions_page", view="active"), 303)
     row.approved = True
+    row.scope = scopes.approvable(row.scope, g.user)  # what the device page showed
     row.session_id = started.session.id
     db.session.commit()
     flash(f"Approved. {row.client.name} is signed in; it appears in your sessions and you "

@@ -28,7 +28,7 @@ from .. import sessions as sessions_domain
 from .. import step_up
 from ..metrics import TOKENS
 from ..models import Consent, EndReason, db
-from ..oauth import introspection
+from ..oauth import introspection, scopes
 from ..oauth.endpoints import (
     ASSERTION_ALGORITHMS,
     INTROSPECTION_AUTH_METHODS,
@@ -43,15 +43,6 @@ from .auth import remember_authorization, remember_step_up
 from .forms import ConfirmLogoutForm, ConsentForm
 
 bp = Blueprint("oidc", __name__)
-
-SCOPE_TEXT = {
-    "openid": "Sign you in and know who you are",
-    "profile": "See your name",
-    "email": "See your email address",
-    "sessions": "See and end your login sessions",
-    "admin": "Manage your organisation's session policy and users' sessions (administrators)",
-}
-
 
 def _server():
     return current_app.extensions["idp.oauth"]
@@ -252,10 +243,8 @@ def authorize():
             db.session.commit()
             return redirect(url_for("auth.reauthenticate"), 303)
         client = grant.client
-        if "admin" in grant.request.scope.split() and principal.user.role not in ("owner", "admin"):
-            # Only administrators can hold the admin scope; others get the rest.
-            grant.request.scope = " ".join(s for s in grant.request.scope.split() if s != "admin")
-        scope = grant.request.scope
+        # What will be issued: the code is saved with the same narrowing (scopes.approvable).
+        scope = scopes.approvable(grant.request.scope, principal.user)
         if "consent" in prompts or not _consented(principal, client, scope):
             if "none" in prompts:
                 raise ConsentRequiredError(redirect_uri=redirect_uri)
@@ -273,7 +262,7 @@ def authorize():
                 g.form_action = _origin(redirect_uri)
                 return render_template(
                     "consent.html", form=form, client=client,
-                    scopes=[(s, SCOPE_TEXT.get(s, s)) for s in scope.split()],
+                    scopes=scopes.described(scope),
                     user=principal.user, action=request.full_path,
                 )
         response = _server().create_authorization_response(grant=grant, grant_user=principal)

@@ -90,8 +90,8 @@ def _error_of(response) -> dict:
 
 
 def test_errors_after_redirect_validation_go_back_to_the_client(live_server, make_client):
-    client = make_client()
-    error = _error_of(_authorize(live_server, client, scope="openid superpowers"))
+    client = make_client(scope="openid profile")
+    error = _error_of(_authorize(live_server, client, scope="openid email"))  # not its scope
     assert error["error"] == "invalid_scope" and error["state"] == "s1"
     assert error["iss"] == live_server.url
     assert _error_of(_authorize(live_server, client, response_type="token"))["error"] == (

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from idp import cli, sessions
-from idp.models import Account, AuditEvent, LoginSession, User, db
+from idp.models import Account, AuditEvent, LoginSession, Role, User, db
 from tests.flows import obtain_tokens, start_session
 from tests.relying_party import Browser, RelyingParty
 
@@ -104,10 +104,23 @@ def test_owner_and_admin_read_the_policy_with_its_bounds(org):
             }
 
 
+def set_role(app, email: str, role: Role) -> None:
+    with app.app_context():
+        db.session.scalar(sa.select(User).where(User.email == email)).role = role
+        db.session.commit()
+
+
 def test_members_get_not_found_even_with_the_admin_scope(org):
+    """Members are never issued the admin scope; one demoted while holding an admin-scoped
+    token finds the administration gone with the role."""
     ada = org.token("ada@acme.test", "openid sessions")
     before = policy_state(org.app, org.acme)
-    with org.api(org.token("mia@acme.test")) as http:
+    assert "admin" not in org.token("mia@acme.test")["scope"].split()
+    set_role(org.app, "mia@acme.test", Role.ADMIN)
+    held = org.token("mia@acme.test")
+    assert "admin" in held["scope"].split()
+    set_role(org.app, "mia@acme.test", Role.MEMBER)
+    with org.api(held) as http:
         responses = [
             http.get(POLICY),
             http.put(POLICY, json={"max_duration": "1h", "idle_timeout": "1h"}),
