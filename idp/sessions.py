@@ -975,7 +975,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str] | None:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         when, session_id = raw.split("|", 1)
         parsed = datetime.fromisoformat(when)
-        if parsed.tzinfo is None or not 0 < len(session_id) <= 32:
+        # Cursors are handed out in UTC; any other offset is not one of ours (and may
+        # not even be convertible: 0001-01-01T00:00:00+01:00).
+        if parsed.utcoffset() != timedelta(0) or not 0 < len(session_id) <= 32:
             return None
         return parsed, session_id
     except (ValueError, UnicodeDecodeError):

@@ -40,10 +40,13 @@ def needed(session: LoginSession, *, max_age: str | None, acr_values: str | None
     Raises ``ValueError`` for a malformed ``max_age`` or ``claims``, ``Unmet``."""
     fresh = False
     if max_age is not None:
-        if not max_age.isdigit():
+        # ASCII digits only ("²".isdigit() is true), and few enough for any clock.
+        if not (max_age.isascii() and max_age.isdigit() and len(max_age) <= 10):
             raise ValueError("'max_age' must be a number of seconds.")
         authenticated = session.authenticated_at or session.created_at
-        fresh = (now - authenticated).total_seconds() > int(max_age)
+        elapsed = (now - authenticated).total_seconds()
+        # 0 means "sign in again": once, as the resumed request no longer carries it.
+        fresh = elapsed > int(max_age) or int(max_age) == 0
     wanted, essential = _wanted(acr_values, claims)
     has_mfa = ACR_MFA in (session.amr or ())
     has_factor = factors.has_second_factor(session.user)

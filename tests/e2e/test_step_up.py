@@ -124,6 +124,34 @@ def test_max_age_asks_the_same_session_to_prove_itself_again(world, clock):
     assert finish(rp, quiet, third, clock)["auth_time"] == after["auth_time"]
 
 
+def test_max_age_zero_asks_once_and_then_answers(world, clock):
+    """OIDC: max_age=0 means "sign in again" — once. Right after signing in (the same
+    instant, as the test clock stands still) the user is asked once, then the relying
+    party gets its code; the same session, auth_time the moment of the proof."""
+    live, rp = world
+    browser = Browser(live.url)
+    page, first = authorize(rp, browser, max_age="0")
+    signed_in = browser.login(page, ADA, PASSWORD, stop_at=rp.redirect_uri)
+    before = finish(rp, signed_in, first, clock)  # just signed in: no second prompt
+    again, second = authorize(rp, browser, max_age="0")  # the same instant: asked anyway
+    assert "Confirm it" in again.text  # the prompt, once
+    done = confirm(browser, again, rp, password=PASSWORD)
+    after = finish(rp, done, second, clock)
+    assert after["sid"] == before["sid"]
+    assert after["auth_time"] == int(clock.now().timestamp())
+
+
+@pytest.mark.parametrize("max_age", ["²", "٣", "-1", "1.5", "1" * 11, " 5"])
+def test_a_max_age_that_is_not_plain_digits_is_invalid_request(world, clock, max_age):
+    live, rp = world
+    browser = Browser(live.url)
+    page, first = authorize(rp, browser)
+    finish(rp, browser.login(page, ADA, PASSWORD, stop_at=rp.redirect_uri), first, clock)
+    refused, _ = authorize(rp, browser, max_age=max_age)
+    params = rp.callback_params(refused)
+    assert params["error"] == "invalid_request" and "max_age" in params["error_description"]
+
+
 def test_an_essential_acr_the_user_cannot_reach_is_refused(world, clock):
     live, rp = world
     browser = Browser(live.url)
