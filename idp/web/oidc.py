@@ -38,7 +38,7 @@ from ..oauth.endpoints import (
 from ..oauth.grants import CLIENT_AUTH_METHODS, Principal
 from ..oauth.server import SCOPES_SUPPORTED
 from ..runtime import client_ip, config, now, services
-from . import current, error_response
+from . import csrf, current, error_response
 from .auth import remember_authorization, remember_step_up
 from .forms import ConfirmLogoutForm, ConsentForm
 
@@ -188,6 +188,15 @@ def _consented(principal: Principal, client, scope: str) -> bool:
 
 @bp.route("/authorize", methods=["GET", "POST"])
 def authorize():
+    if request.method == "POST" and not request.query_string:
+        # OIDC Core 3.1.2.1: a relying party may POST the request, form-serialized. It is
+        # answered as the same request by GET: a 303 brings back the browser's SameSite=Lax
+        # cookie that a cross-site POST leaves behind, and the request survives sign-in.
+        db.session.commit()
+        return redirect(url_for("oidc.authorize") + "?" + urlencode(
+            [(k, v) for k, v in request.form.items(multi=True) if k != "csrf_token"]), 303)
+    if request.method == "POST":
+        csrf.protect()  # the consent form posts to the URL with the query: its token counts
     params = request.args
     state = params.get("state")
     live = current.login_session()
@@ -465,6 +474,7 @@ LOGOUT_PARAMS = ("id_token_hint", "client_id", "post_logout_redirect_uri", "stat
 
 def exempt_from_csrf(csrf) -> None:
     csrf.exempt(end_session)  # relying parties may POST; the confirm form checks its own token
+    csrf.exempt(authorize)  # likewise; the consent form's post is checked in the view
     for view in (token, userinfo, introspect, revoke, device_authorization):
         csrf.exempt(view)
 

@@ -11,7 +11,7 @@ import pytest
 from joserfc import jwt
 
 from tests.conftest import PASSWORD
-from tests.relying_party import Browser, RelyingParty
+from tests.relying_party import Browser, RelyingParty, csrf_token
 
 pytestmark = pytest.mark.e2e
 
@@ -272,3 +272,29 @@ def test_authorize_with_bad_max_age_and_foreign_id_token_hint(live_server, user,
     query["id_token_hint"] = "not-a-token"
     response = browser.http.get(f"{live_server.url}/authorize?{urlencode(query)}")
     assert _error_of(response)["error"] == "invalid_request"
+
+
+def test_the_authorization_request_may_be_posted_form_serialized(live_server, user, make_client):
+    """OIDC Core 3.1.2.1: the authorization endpoint supports POST. A relying party's
+    auto-posted form is answered as the same request by GET (303), which brings back the
+    browser's SameSite=Lax cookie and survives the sign-in in between."""
+    client = make_client(first_party=False)
+    rp = RelyingParty(live_server.url, client.client_id, client.client_secret,
+                      client.redirect_uri)
+    url, secrets = rp.authorization_url(scope="openid email")
+    form = dict(parse_qs(urlsplit(url).query, keep_blank_values=True))
+    browser = Browser(live_server.url)
+    posted = browser.http.post(rp.metadata["authorization_endpoint"],
+                               data={k: v[0] for k, v in form.items()})
+    assert posted.status_code == 303
+    assert parse_qs(urlsplit(posted.headers["location"]).query) == form
+    page = browser.go(str(posted.url.join(posted.headers["location"])))
+    consent = browser.login(page, "ada@example.com", PASSWORD, stop_at=rp.redirect_uri)
+    assert "wants to access your account" in consent.text
+    # A consent posted without the page's token (from another site) grants nothing.
+    forged = browser.http.post(str(consent.url), data={"allow": "Allow"})
+    assert forged.status_code == 400 and "sent from another site" in forged.text
+    answer = browser.go(str(consent.url), method="POST", stop_at=rp.redirect_uri,
+                        data={"csrf_token": csrf_token(consent.text), "allow": "Allow"})
+    tokens = rp.exchange(rp.callback_params(answer)["code"], secrets["code_verifier"])
+    assert rp.verify_id_token(tokens["id_token"], secrets["nonce"])["email"] == "ada@example.com"
