@@ -4,6 +4,7 @@ userinfo, introspection, revocation."""
 from __future__ import annotations
 
 import json
+from functools import wraps
 from urllib.parse import parse_qsl, urlencode
 
 from authlib.common.urls import add_params_to_uri
@@ -316,7 +317,66 @@ def _committing(response):
     return response
 
 
+REPEATED = object()
+#: RFC 8707 §2: a client may name several resources.
+REPEATABLE = frozenset({"resource"})
+
+
+def _repeats(pairs) -> bool:
+    """RFC 6749 §3.1, §3.2: parameters MUST NOT be included more than once. Which of two
+    tokens, codes or secrets would be meant? The one rule for every body type and every
+    back-channel endpoint (Authlib would silently take the first)."""
+    seen: set[str] = set()
+    for key, _value in pairs:
+        if key in seen and key not in REPEATABLE:
+            return True
+        seen.add(key)
+    return False
+
+
+def _parameters_repeated() -> bool:
+    """Whether the query and the body (urlencoded or multipart) name a parameter twice."""
+    pairs = list(request.args.items(multi=True))
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        pairs += request.form.items(multi=True)
+    return _repeats(pairs)
+
+
+def _repeated_answer() -> Response:
+    response = make_response(error_response(
+        400, "A parameter was sent more than once.", "invalid_request"))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def single_valued(view):
+    """Refuse a request that names a parameter twice, before the endpoint reads it."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if _parameters_repeated():
+            db.session.rollback()
+            return _repeated_answer()
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _urlencoded() -> dict | object | None:
+    """The form body as Werkzeug parses it, without building its MultiDict; None when it
+    is not a form (or there is a query too), ``REPEATED`` when it names a parameter twice."""
+    if request.mimetype != "application/x-www-form-urlencoded" or request.query_string:
+        return None
+    try:
+        pairs = parse_qsl(request.get_data(cache=True).decode(), keep_blank_values=True,
+                          errors="werkzeug.url_quote")
+    except ValueError:
+        return None
+    return REPEATED if _repeats(pairs) else dict(pairs)
+
+
 @bp.post("/oauth/token")
+@single_valued
 def token():
     response = _committing(_server().create_token_response())
     outcome = "issued"
@@ -337,24 +397,8 @@ def _json(body: dict) -> Response:
     return Response(json.dumps(body, sort_keys=True), 200, _JSON_HEADERS)
 
 
-REPEATED = object()
-
-
-def _urlencoded() -> dict | object | None:
-    """The form body as Werkzeug parses it, without building its MultiDict; None when it
-    is not a form, ``REPEATED`` when it names a parameter twice (RFC 6749 §3.2)."""
-    if request.mimetype != "application/x-www-form-urlencoded":
-        return None
-    try:
-        pairs = parse_qsl(request.get_data(cache=True).decode(), keep_blank_values=True,
-                          errors="werkzeug.url_quote")
-    except ValueError:
-        return None
-    form = dict(pairs)
-    return form if len(form) == len(pairs) else REPEATED
-
-
 @bp.route("/userinfo", methods=["GET", "POST"])
+@single_valued
 def userinfo():
     claims = userinfo_answer(request.headers.get("Authorization"), keys=services().keys,
                              issuer=config()["ISSUER"], now=now())
@@ -365,9 +409,11 @@ def userinfo():
     challenge = response.headers.get("WWW-Authenticate", "")
     if challenge:
         realm = f'Bearer realm="{config()["ISSUER"]}"'
-        # RFC 6750 §3: the scheme is "Bearer"; no error code when no token was sent.
+        # RFC 6750 §3.1: no error code or other error information when no token was sent
+        # (Authlib's "missing_authorization" is not an RFC 6750 code).
         if "missing_authorization" in challenge:
-            response.headers["WWW-Authenticate"] = realm
+            response = make_response("", 401, {"WWW-Authenticate": realm,
+                                               "Cache-Control": "no-store"})
         else:
             response.headers["WWW-Authenticate"] = realm + ", " + challenge.split(" ", 1)[1]
     return _committing(response)
@@ -375,12 +421,9 @@ def userinfo():
 
 @bp.post("/oauth/introspect")
 def introspect():
-    form = _urlencoded()
-    if form is REPEATED:  # which token would be meant? (Authlib takes the first)
-        response = make_response(error_response(
-            400, "A parameter was sent more than once.", "invalid_request"))
-        response.headers["Cache-Control"] = "no-store"
-        return response
+    form = _urlencoded()  # the common case, parsed once; anything else by the one rule
+    if form is REPEATED or (form is None and _parameters_repeated()):
+        return _repeated_answer()
     body = None if form is None else introspection.answer(
         form, request.headers.get("Authorization"), keys=services().keys,
         issuer=config()["ISSUER"], now=now())
@@ -392,11 +435,13 @@ def introspect():
 
 
 @bp.post("/oauth/revoke")
+@single_valued
 def revoke():
     return _committing(_server().create_endpoint_response("revocation"))
 
 
 @bp.post("/oauth/device")
+@single_valued
 def device_authorization():
     return _committing(_server().create_endpoint_response("device_authorization"))
 

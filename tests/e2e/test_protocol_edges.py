@@ -215,7 +215,9 @@ def test_userinfo_accepts_post_and_refuses_missing_or_bad_tokens(live_server, us
     assert posted.status_code == 200
     assert "name" not in posted.json() and posted.json()["email"] == "ada@example.com"
     missing = httpx.get(f"{live_server.url}/userinfo")
-    assert missing.status_code == 401 and "Bearer" in missing.headers["www-authenticate"]
+    assert missing.status_code == 401  # RFC 6750 §3.1: no error code when no token was sent
+    assert missing.headers["www-authenticate"] == f'Bearer realm="{live_server.url}"'
+    assert missing.content == b"" and "missing_authorization" not in missing.text
     forged = httpx.get(f"{live_server.url}/userinfo",
                        headers={"Authorization": "Bearer eyJhbGciOiJub25lIn0.e30."})
     assert forged.status_code == 401
@@ -298,3 +300,42 @@ def test_the_authorization_request_may_be_posted_form_serialized(live_server, us
                         data={"csrf_token": csrf_token(consent.text), "allow": "Allow"})
     tokens = rp.exchange(rp.callback_params(answer)["code"], secrets["code_verifier"])
     assert rp.verify_id_token(tokens["id_token"], secrets["nonce"])["email"] == "ada@example.com"
+
+
+def _multipart(pairs) -> tuple[bytes, str]:
+    boundary = "idp-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+             for k, v in pairs]
+    return ("".join(parts) + f"--{boundary}--\r\n").encode(), \
+        f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize("body", ["urlencoded", "multipart", "query and body"])
+@pytest.mark.parametrize("path, pairs", [
+    ("/oauth/token", [("grant_type", "refresh_token"), ("refresh_token", "a.b"),
+                      ("refresh_token", "c.d")]),
+    ("/oauth/introspect", [("token", "a.b"), ("token", "c.d")]),
+    ("/oauth/revoke", [("token", "a.b"), ("token", "c.d")]),
+    ("/oauth/device", [("client_id", "x"), ("scope", "openid"), ("scope", "email")]),
+    ("/userinfo", [("access_token", "a"), ("access_token", "b")]),
+], ids=["token", "introspect", "revoke", "device", "userinfo"])
+def test_a_parameter_named_twice_is_refused_by_every_endpoint_in_every_body(
+        live_server, make_client, path, pairs, body):
+    """RFC 6749 §3.1-3.2: one rule for every body type and every endpoint — never an
+    answer for whichever copy the parser kept."""
+    client = make_client()
+    url, auth = f"{live_server.url}{path}", (client.client_id, client.client_secret)
+    if body == "urlencoded":
+        response = httpx.post(url, content=urlencode(pairs), auth=auth,
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    elif body == "multipart":
+        content, content_type = _multipart(pairs)
+        response = httpx.post(url, content=content, auth=auth,
+                              headers={"Content-Type": content_type})
+    else:
+        response = httpx.post(f"{url}?{urlencode(pairs[-1:])}", content=urlencode(pairs[:-1]),
+                              auth=auth,
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_request"
+    assert response.headers["cache-control"] == "no-store"

@@ -70,6 +70,11 @@ class Findings:
         problem = None
         if status >= 500:
             problem = f"{status}"
+        elif kind == "no token":  # RFC 6750 §3.1: a challenge, and no error information
+            refused = status == 400 and "error" in (response.get_json(silent=True) or {})
+            if not refused and (status != 401 or response.get_data() or "error" in
+                                response.headers.get("WWW-Authenticate", "error")):
+                problem = f"{status} {response.get_data()[:60]!r}"
         elif kind == "json":
             if response.mimetype != "application/json":
                 problem = f"{status} {response.mimetype}"
@@ -227,8 +232,9 @@ def test_introspection_revocation_device_and_userinfo_take_hostile_tokens(world)
             for header in (f"Bearer {payload}", payload, f"Basic {payload}"):
                 found.check(f"userinfo {header[:80]}", rp.http.get(
                     "/userinfo", headers={"Authorization": header}), "json")
+        # (A token in the body is not read: the request carries none.)
         found.check(f"userinfo form {short(payload)}", rp.http.post(
-            "/userinfo", data={"access_token": payload}), "json")
+            "/userinfo", data={"access_token": payload}), "no token")
     found.assert_clean()
     assert rp.active(tokens["access_token"])
 
