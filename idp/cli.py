@@ -8,8 +8,8 @@ import ctypes
 import json
 import os
 import secrets
-import shutil
 import sys
+from pathlib import Path
 
 import click
 import sqlalchemy as sa
@@ -144,6 +144,13 @@ def serve_command(host, port, workers, dev, no_demo, no_worker, as_json) -> None
     that delivers email and retries logout notices."""
     if "IDP_ISSUER" not in os.environ and port != 5000:
         os.environ["IDP_ISSUER"] = f"http://localhost:{port}"
+    gunicorn = not dev and os.name == "posix"
+    if gunicorn:
+        _metrics_shared_by_workers([
+            "serve", "--host", host, "--port", str(port),
+            *(["--workers", str(workers)] if workers else []),
+            *(["--no-demo"] if no_demo else []), *(["--no-worker"] if no_worker else []),
+            *(["--json"] if as_json else [])])
     app = _app()
     _init(app)
     demo = None if no_demo else _demo(app, port, host)
@@ -168,13 +175,7 @@ def serve_command(host, port, workers, dev, no_demo, no_worker, as_json) -> None
                                "mail": mail_to}, sort_keys=True))
     sys.stdout.flush()
     workers = workers or app.config["WORKERS"]
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Every worker writes its counters here; /metrics adds them up.
-        metrics_dir = app.config["INSTANCE_DIR"] / "prometheus"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    if dev or os.name != "posix":
+    if not gunicorn:
         app.run(host=host, port=port, debug=False, use_reloader=dev)
         return
     _fewer_malloc_arenas()
@@ -185,6 +186,40 @@ def serve_command(host, port, workers, dev, no_demo, no_worker, as_json) -> None
         if worker is not None:
             worker.terminate()
             worker.wait(timeout=15)
+
+
+def _metrics_shared_by_workers(argv: list[str]) -> None:
+    """Every gunicorn worker (and ``idp worker``) keeps its metrics in files of its own in
+    one folder, ``PROMETHEUS_MULTIPROC_DIR`` (the operator's, else
+    IDP_INSTANCE_DIR/prometheus), which /metrics adds up, an exited worker's counts
+    included; the folder is emptied of a previous run's files first, as prometheus_client
+    requires.
+
+    prometheus_client decides once per process, when it is first imported, whether values
+    go to those files, and ``import idp`` has already imported it here, in the process the
+    workers fork from. So when the variable is not set yet, this sets it and replaces the
+    process (same pid: supervisors and signals see no difference) with a fresh ``python
+    -m idp <argv>``, which imports everything with the variable set and serves."""
+    from . import config, metrics
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        try:
+            instance = config.load()["INSTANCE_DIR"]
+        except ConfigError:
+            return  # _app() says what is wrong
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str((instance / "prometheus").resolve())
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "idp", *argv],  # noqa: S606
+                  os.environ)  # (no shell: a fixed interpreter and our own arguments)
+    if not metrics.MULTIPROCESS:  # never after the fresh start; guards against a loop
+        raise CommandError("PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was "
+                           "imported; set it before starting idp, or unset it")
+    folder_path = Path(folder)
+    folder_path.mkdir(parents=True, exist_ok=True)
+    for stale in folder_path.glob("*.db"):  # only this process has started: none is live
+        stale.unlink(missing_ok=True)
 
 
 def _start_worker():

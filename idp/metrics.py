@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, values
+
+#: Whether this process keeps its values in a file of its own under
+#: ``PROMETHEUS_MULTIPROC_DIR``, for /metrics to add up with every other worker's, rather
+#: than in its memory. prometheus_client decides once, when first imported, from that
+#: environment variable: setting it later changes nothing in this process or in the
+#: workers it forks (so ``idp serve`` starts afresh when it has to set it).
+MULTIPROCESS = values.ValueClass is not values.MutexValue
 
 REQUESTS = Counter("idp_http_requests_total", "HTTP requests", ["endpoint", "method", "status"])
 LATENCY = Histogram(

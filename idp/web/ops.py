@@ -1,9 +1,11 @@
 """Operations: liveness and readiness probes, Prometheus metrics, structured logs.
 
-Metrics use prometheus-client; under gunicorn set PROMETHEUS_MULTIPROC_DIR (``idp
-serve`` does) so every worker's counters add up in one scrape. Logs are JSON, one
-object a line, with the request id; paths are logged without query strings, so no
-code, token or password ever reaches a log line.
+Metrics use prometheus-client; under gunicorn PROMETHEUS_MULTIPROC_DIR must be set before
+the processes start (``idp serve`` sees to it) so every worker's counters add up in one
+scrape. Every label has a bounded set of values, whatever clients send: the route's
+endpoint name (never the path), a known method or ``other``, the status code. Logs are
+JSON, one object a line, with the request id; paths are logged without query strings, so
+no code, token or password ever reaches a log line.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from pythonjsonlogger.json import JsonFormatter
 
-from ..metrics import LATENCY, REQUESTS
+from ..metrics import LATENCY, MULTIPROCESS, REQUESTS
 from ..models import LogoutDelivery, db
 
 bp = Blueprint("ops", __name__)
 access_log = logging.getLogger("idp.access")
 
+#: Methods counted as themselves; anything else a client sends is ``other`` (one series,
+#: however many made-up methods arrive).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 @bp.get("/healthz")
@@ -74,7 +79,7 @@ def _redis_answers() -> bool:
 @bp.get("/metrics")
 def metrics():
     registry = DEFAULT_REGISTRY
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if MULTIPROCESS:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     lines = [generate_latest(registry).decode()]
@@ -151,7 +156,8 @@ def install(app: Flask) -> None:
         context, current = g._get_current_object(), request._get_current_object()
         endpoint = current.endpoint or "unmatched"
         elapsed = time.perf_counter() - context.get("started", time.perf_counter())
-        REQUESTS.labels(endpoint, current.method, str(response.status_code)).inc()
+        method = current.method if current.method in KNOWN_METHODS else "other"
+        REQUESTS.labels(endpoint, method, str(response.status_code)).inc()
         LATENCY.labels(endpoint).observe(elapsed)
         response.headers["X-Request-ID"] = context.get("request_id", "")
         if app.config.get("ACCESS_LOG"):

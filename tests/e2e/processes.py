@@ -244,6 +244,25 @@ def serve(database_url: str, *, workers: int = 2, env: Mapping[str, str] | None 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def scratch_database(server_url: str, suffix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database ``<database of server_url>_<suffix>`` on the same
+    server (one a previous run left behind is dropped first); yields its URL and drops it
+    on exit."""
+    base = sa.engine.make_url(server_url)
+    name = f"{base.database}_{suffix}"
+    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        yield base.set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 # -- a private PostgreSQL server -------------------------------------------------------
 
 

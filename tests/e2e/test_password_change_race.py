@@ -66,18 +66,8 @@ def database_url(request, tmp_path):
     if not PG_URL:
         pytest.skip("PostgreSQL variant: set IDP_TEST_DATABASE_URL to run it (.ci/run does)")
     pytest.importorskip("psycopg")
-    base = sa.engine.make_url(PG_URL)
-    name = f"{base.database}_pwrace"
-    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield base.set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    with processes.scratch_database(PG_URL, "pwrace") as url:
+        yield url
 
 
 @dataclass

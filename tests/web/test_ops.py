@@ -47,3 +47,17 @@ def test_metrics_count_requests_tokens_and_session_events(live_server, make_user
     assert 'idp_events_total{event="session.started"' in text
     assert "idp_backchannel_pending 0" in text and "idp_backchannel_given_up 0" in text
     assert tokens["refresh_token"] not in text and tokens["access_token"] not in text
+
+
+def test_request_labels_are_bounded_whatever_the_client_sends(client):
+    """A made-up method is counted as ``other`` and a made-up path as ``unmatched``: a
+    client sending FOO1, FOO2, … or random paths adds no series."""
+    assert client.open("/healthz", method="FOO1").status_code == 405
+    assert client.open("/healthz", method="FOO2").status_code == 405
+    assert client.get("/no-such-page-1234").status_code == 404
+    assert client.options("/healthz").status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'idp_http_requests_total{endpoint="unmatched",method="other",status="405"}' in text
+    assert 'idp_http_requests_total{endpoint="unmatched",method="GET",status="404"}' in text
+    assert 'idp_http_requests_total{endpoint="ops.healthz",method="OPTIONS",status="200"}' in text
+    assert "FOO1" not in text and "FOO2" not in text and "no-such-page" not in text
