@@ -9,9 +9,11 @@ the process with one clear line instead of failing on the first request.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import secrets
+import string
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,7 +33,8 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "INSTANCE_DIR": ("instance", "path", "Local state: SQLite file, generated secret key"),
     "KEYS_DIR": ("keys", "path", "Signing keys (0600 PEM files + keys.json); share it between nodes"),
     "ISSUER": ("http://localhost:5000", "str", "Issuer identifier: the public base URL, no trailing slash"),
-    "SECRET_KEY": (None, "str", "Signs Flask's cookie; generated into INSTANCE_DIR/secret_key if unset"),
+    "SECRET_KEY": (None, "str", "Signs the cookies; 32 random bytes or more (43 base64 or 64 hex "
+                                "characters); generated into INSTANCE_DIR/secret_key if unset"),
     # -- HTTP
     "INSECURE_COOKIES": (False, "bool", "Plain-HTTP cookies without __Host- prefix; loopback issuer only"),
     "TRUSTED_PROXIES": (0, "int", "Proxy hops whose X-Forwarded-For is believed (0-10)"),
@@ -60,7 +63,7 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
     "BACKCHANNEL_RETRY_BASE": ("10s", "duration", "First retry delay; doubles each attempt"),
     "BACKCHANNEL_RETRY_MAX": ("1h", "duration", "Longest delay between two attempts"),
     "BACKCHANNEL_GIVE_UP": ("24h", "duration", "Stop retrying a delivery this long after the logout"),
-    "LOGOUT_TOKEN_LIFETIME": ("2m", "duration", "Lifetime of a logout token"),
+    "LOGOUT_TOKEN_LIFETIME": ("2m", "duration", "Lifetime of a logout token (10 s - 10 min)"),
     # -- email (new-device notices); without IDP_SMTP_URL mail goes to INSTANCE_DIR/mail
     "SMTP_URL": (None, "str", "smtp://user:password@host:587 (STARTTLS), smtps://…:465 "
                  "(implicit TLS); unset: one .eml file per message in INSTANCE_DIR/mail"),
@@ -199,6 +202,27 @@ def load(overrides: dict | None = None, environ: dict | None = None) -> dict:
     return config
 
 
+#: IDP_SECRET_KEY signs the cookies (and derives email-link secrets): 32 random bytes.
+MIN_SECRET_BITS = 256
+_ALPHABETS = ((set(string.hexdigits), 4.0),
+              (set(string.ascii_letters + string.digits + "-_+/="), 6.0),
+              (set(string.printable) - set(string.whitespace[1:]), math.log2(95)))
+
+
+def secret_bits(key: str) -> int:
+    """About how many bits a key carries if it was drawn at random from the smallest usual
+    alphabet holding its characters (hex, base64, printable ASCII; else its UTF-8 bytes).
+    A key that repeats itself (few distinct characters for its length) counts for nothing:
+    random keys use most of their alphabet."""
+    chars = set(key)
+    per_char = next((bits for alphabet, bits in _ALPHABETS if chars <= alphabet), None)
+    length = len(key) if per_char is not None else len(key.encode())
+    per_char = per_char or 8.0
+    if len(chars) < min(length, 2 ** per_char) / 4:
+        return 0
+    return int(length * per_char)
+
+
 def _bounded(config: dict, name: str, low: timedelta, high: timedelta) -> None:
     value = config[name]
     if not low <= value <= high:
@@ -234,7 +258,14 @@ def _validate(config: dict) -> None:
         raise ConfigError("IDP_TRUSTED_PROXIES must be between 0 and 10")
     if config["ACCESS_TOKEN_ALG"] not in {"RS256", "ES256"}:
         raise ConfigError("IDP_ACCESS_TOKEN_ALG must be RS256 or ES256")
+    if config["SECRET_KEY"] and secret_bits(config["SECRET_KEY"]) < MIN_SECRET_BITS:
+        raise ConfigError(
+            f"IDP_SECRET_KEY is too weak (about {secret_bits(config['SECRET_KEY'])} bits; "
+            f"{MIN_SECRET_BITS} needed): it signs the cookies, so a guessable one lets anyone "
+            "forge them. Use 32 random bytes: python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))', or unset it to have one generated")
     _bounded(config, "ACCESS_TOKEN_LIFETIME", timedelta(minutes=1), timedelta(hours=1))
+    _bounded(config, "LOGOUT_TOKEN_LIFETIME", timedelta(seconds=10), timedelta(minutes=10))
     _bounded(config, "ID_TOKEN_LIFETIME", timedelta(minutes=1), timedelta(hours=24))
     _bounded(config, "CODE_LIFETIME", timedelta(seconds=10), timedelta(minutes=10))
     _bounded(config, "REAUTHENTICATE_AFTER", timedelta(seconds=1), timedelta(hours=1))

@@ -446,6 +446,15 @@ class Holder:
     def absolute_deadline(self) -> datetime:
         return self.policy().absolute_deadline(self)
 
+    def lifetime(self, longest: timedelta, now: datetime) -> int:
+        """Seconds a token issued now on this family may live: ``longest``, never past
+        the session's deadline (access and ID tokens alike)."""
+        seconds = int(longest.total_seconds())
+        deadline = self.deadline()
+        if deadline is not None:
+            seconds = max(1, min(seconds, int((deadline - now).total_seconds())))
+        return seconds
+
 
 _F, _C, _S = TokenFamily.__table__.c, Client.__table__.c, LoginSession.__table__.c
 _A, _U, _R = Account.__table__.c, User.__table__.c, RevokedAccessToken.__table__.c

@@ -34,6 +34,8 @@ def redis_up() -> bool:
         return False
 
 PASSWORD = "correct horse battery staple"
+#: A strong key (a weak one refuses to start: idp.config.secret_bits).
+SECRET_KEY = "ljKOcScGN8JMc6xnh5rVBi-3VOi_FdjKyvhwnmIp-Iw"
 FAST_ARGON2 = {"ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 1024, "ARGON2_PARALLELISM": 1}
 
 
@@ -48,7 +50,7 @@ def _migrate(url: str, instance, keys) -> None:
     from flask_migrate import upgrade
 
     app = create_app({"DATABASE_URL": url, "INSTANCE_DIR": instance, "KEYS_DIR": keys,
-                      "SECRET_KEY": "x" * 32, **FAST_ARGON2})
+                      "SECRET_KEY": SECRET_KEY, **FAST_ARGON2})
     with app.app_context():
         upgrade(directory=MIGRATIONS_DIR)
         db.engine.dispose()
@@ -113,7 +115,7 @@ def settings(backend, tmp_path, keys_dir) -> dict:
         "DATABASE_URL": url,
         "INSTANCE_DIR": tmp_path,
         "KEYS_DIR": keys_dir,
-        "SECRET_KEY": "test-secret-key-" + "x" * 32,
+        "SECRET_KEY": SECRET_KEY,
         "ISSUER": "http://127.0.0.1:5000",
         **FAST_ARGON2,
     }

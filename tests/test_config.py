@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from idp import config
-from idp.config import ConfigError, ensure_secret_key, parse_duration
+from idp.config import ConfigError, ensure_secret_key, parse_duration, secret_bits
+from tests.conftest import SECRET_KEY
 
 
 def load(environ: dict | None = None, **overrides) -> dict:
@@ -278,8 +279,8 @@ def test_secret_keys_of_two_instances_differ(tmp_path):
 
 
 def test_a_configured_secret_key_is_used_and_nothing_is_written(tmp_path):
-    settings = load({"IDP_SECRET_KEY": "s" * 40}, INSTANCE_DIR=tmp_path / "instance")
-    assert ensure_secret_key(settings) == "s" * 40
+    settings = load({"IDP_SECRET_KEY": SECRET_KEY}, INSTANCE_DIR=tmp_path / "instance")
+    assert ensure_secret_key(settings) == SECRET_KEY
     assert not (tmp_path / "instance" / "secret_key").exists()
 
 
@@ -295,3 +296,31 @@ def test_an_empty_secret_key_file_is_never_used_as_the_key(tmp_path):
     except ConfigError:
         return  # refusing to start with a clear message is acceptable too
     assert len(key) >= 32
+
+
+@pytest.mark.parametrize("weak", ["x" * 32, "x" * 200, "s" * 40, "password" * 8, "0123456789abcdef" * 2,
+                                  "changeme", "ab" * 40, "secret-key-" + "0" * 40])
+def test_a_weak_secret_key_refuses_to_start_and_says_how_to_make_one(weak, tmp_path):
+    with pytest.raises(ConfigError, match="IDP_SECRET_KEY is too weak .*token_urlsafe\\(32\\)"):
+        load({"IDP_SECRET_KEY": weak}, INSTANCE_DIR=tmp_path)
+
+
+def test_32_random_bytes_in_any_usual_spelling_are_enough(tmp_path):
+    import base64
+    import secrets
+
+    for strong in (secrets.token_urlsafe(32), secrets.token_hex(32),
+                   base64.b64encode(secrets.token_bytes(32)).decode(), SECRET_KEY):
+        assert secret_bits(strong) >= 256
+        assert load({"IDP_SECRET_KEY": strong}, INSTANCE_DIR=tmp_path)["SECRET_KEY"] == strong
+    assert secret_bits(secrets.token_hex(16)) == 128  # 16 bytes are not
+
+
+@pytest.mark.parametrize("lifetime, ok", [("5s", False), ("10s", True), ("2m", True),
+                                          ("10m", True), ("1h", False)])
+def test_the_logout_token_lifetime_is_bounded(lifetime, ok, tmp_path):
+    if ok:
+        assert load({"IDP_LOGOUT_TOKEN_LIFETIME": lifetime}, INSTANCE_DIR=tmp_path)
+    else:
+        with pytest.raises(ConfigError, match="IDP_LOGOUT_TOKEN_LIFETIME must be between"):
+            load({"IDP_LOGOUT_TOKEN_LIFETIME": lifetime}, INSTANCE_DIR=tmp_path)

@@ -11,14 +11,14 @@ import sqlalchemy as sa
 from idp import create_app
 from idp.models import db
 
-from .conftest import FAST_ARGON2
+from .conftest import FAST_ARGON2, SECRET_KEY
 
 
 @pytest.fixture
 def engine(tmp_path, keys_dir):
     app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
                       "INSTANCE_DIR": str(tmp_path), "KEYS_DIR": str(keys_dir),
-                      "SECRET_KEY": "x" * 32, **FAST_ARGON2})
+                      "SECRET_KEY": SECRET_KEY, **FAST_ARGON2})
     with app.app_context():
         engine = db.engine
         with engine.begin() as conn:

@@ -140,7 +140,9 @@ class AuthorizationCodeGrant(ClientScope, grants.AuthorizationCodeGrant):
             code,
             client=request.client,
             session=principal.session,
-            redirect_uri=payload.redirect_uri or request.client.get_default_redirect_uri(),
+            # As sent: RFC 6749 §4.1.3 requires it at the token endpoint only when it was
+            # in the authorization request ("" when it was not).
+            redirect_uri=payload.redirect_uri or "",
             scope=scopes.approvable(request.scope, principal.user),
             nonce=payload.data.get("nonce"),
             code_challenge=payload.data.get("code_challenge"),
@@ -279,14 +281,17 @@ class OpenIDCode(_OpenIDCode):
         principal: Principal = request.user
         client = request.client
         alg = client.id_token_signed_response_alg or "RS256"
-        issued = int(now().timestamp())
+        current = now()
+        issued = int(current.timestamp())
+        standing = principal.standing()
+        lifetime = standing.lifetime(config()["ID_TOKEN_LIFETIME"], current)
         claims = {
             "iss": config()["ISSUER"],
             "aud": client.client_id,
             "azp": client.client_id,
             "iat": issued,
-            "exp": issued + int(config()["ID_TOKEN_LIFETIME"].total_seconds()),
-            "sid": principal.standing().session_id,
+            "exp": issued + lifetime,
+            "sid": standing.session_id,
         }
         code = getattr(request, "authorization_code", None)
         if code is not None:

@@ -119,10 +119,7 @@ def generate_token(
         subject = client.client_id
     else:
         holder, subject = user.standing(), user.user.sub
-    lifetime = int(cfg["ACCESS_TOKEN_LIFETIME"].total_seconds())
-    deadline = holder.deadline()
-    if deadline is not None:
-        lifetime = max(1, min(lifetime, int((deadline - current).total_seconds())))
+    lifetime = holder.lifetime(cfg["ACCESS_TOKEN_LIFETIME"], current)
     claims = tokens.access_token_claims(
         issuer=cfg["ISSUER"],
         holder=holder,

@@ -46,6 +46,8 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
+from tests.conftest import SECRET_KEY
+
 FAST_ARGON2 = {"IDP_ARGON2_TIME_COST": "1", "IDP_ARGON2_MEMORY_COST": "1024",
                "IDP_ARGON2_PARALLELISM": "1"}
 
@@ -198,7 +200,7 @@ def provider_env(database_url: str, url: str, workdir: Path,
         "IDP_ISSUER": url,
         "IDP_KEYS_DIR": str(workdir / "keys"),
         "IDP_INSTANCE_DIR": str(workdir / "instance"),
-        "IDP_SECRET_KEY": "fault-tests-secret-key-" + "x" * 32,
+        "IDP_SECRET_KEY": SECRET_KEY,
         **FAST_ARGON2,
         **(extra or {}),
     })

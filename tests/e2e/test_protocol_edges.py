@@ -339,3 +339,31 @@ def test_a_parameter_named_twice_is_refused_by_every_endpoint_in_every_body(
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "invalid_request"
     assert response.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize("at_authorize", [True, False])
+def test_redirect_uri_at_the_token_endpoint_only_when_it_was_sent_to_authorize(
+        live_server, user, make_client, at_authorize):
+    """RFC 6749 §4.1.3: REQUIRED at the token endpoint if it was included in the
+    authorization request, and then identical."""
+    client = make_client()
+    rp = RelyingParty(live_server.url, client.client_id, client.client_secret,
+                      client.redirect_uri)
+    url, secrets = rp.authorization_url(scope="openid")
+    if not at_authorize:  # the client's one registered URI is used
+        query = [(k, v[0]) for k, v in parse_qs(urlsplit(url).query).items()
+                 if k != "redirect_uri"]
+        url = f"{rp.metadata['authorization_endpoint']}?{urlencode(query)}"
+    browser = Browser(live_server.url)
+    page = browser.go(url, stop_at=rp.redirect_uri)
+    code = rp.callback_params(browser.login(page, "ada@example.com", PASSWORD,
+                                            stop_at=rp.redirect_uri))["code"]
+    answer = httpx.post(rp.metadata["token_endpoint"], auth=(client.client_id,
+                                                             client.client_secret),
+                        data={"grant_type": "authorization_code", "code": code,
+                              "code_verifier": secrets["code_verifier"]})
+    if at_authorize:
+        assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+    else:
+        assert answer.status_code == 200, answer.text
+        assert rp.verify_id_token(answer.json()["id_token"], secrets["nonce"])

@@ -321,6 +321,36 @@ def test_tokens_never_outlive_their_session(app, clock, make_account, make_user,
     assert photos.userinfo(tokens["access_token"]).status_code == 401
 
 
+def test_id_tokens_never_outlive_their_session_either(app, clock, make_account, make_user,
+                                                     party):
+    """An ID token (1 h by default) issued under a 5-minute session expires with it,
+    however late in the session it is issued."""
+    import base64
+    import json
+
+    def claims_of(token: str) -> dict:
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+    short = make_account("short", max_session_duration=300, idle_timeout=300)
+    make_user("sam@example.com", account_id=short)
+    photos = party("Photos")
+    browser = Browser(app)
+    browser.login("sam@example.com")
+    started = int(clock.now().timestamp())
+    tokens = photos.tokens(browser)
+    assert claims_of(tokens["id_token"])["exp"] == started + 300
+    clock.advance(seconds=200)
+    later = photos.tokens(browser)
+    assert claims_of(later["id_token"])["exp"] == started + 300  # the session's end
+    long = make_account("long")
+    make_user("lea@example.com", account_id=long)
+    other = Browser(app)
+    other.login("lea@example.com")
+    issued = int(clock.now().timestamp())
+    assert claims_of(photos.tokens(other)["id_token"])["exp"] == issued + 3600  # the setting
+
+
 def test_ending_the_session_kills_every_token_at_once(world):
     photos, mail, browser = world
     first, second = photos.tokens(browser), mail.tokens(browser)

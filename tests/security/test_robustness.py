@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from idp import accounts, create_app
 from idp.accounts import AccountError
 from idp.models import LoginSession, TokenFamily, db
-from tests.conftest import FAST_ARGON2, PASSWORD
+from tests.conftest import FAST_ARGON2, PASSWORD, SECRET_KEY
 from tests.security.conftest import (
     ADA,
     Browser,
@@ -112,7 +112,7 @@ def test_a_storage_failure_at_the_token_endpoint_and_userinfo_answers_503(world,
 
 def test_an_unreachable_database_answers_503_everywhere(tmp_path, keys_dir, clock):
     down = create_app({"DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/none",
-                       "INSTANCE_DIR": tmp_path, "KEYS_DIR": keys_dir, "SECRET_KEY": "s" * 40,
+                       "INSTANCE_DIR": tmp_path, "KEYS_DIR": keys_dir, "SECRET_KEY": SECRET_KEY,
                        "ISSUER": "http://127.0.0.1:5000", **FAST_ARGON2}, clock=clock)
     client = down.test_client()
     for path, data in (("/oauth/introspect", {"token": "a.b.c"}),
