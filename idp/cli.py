@@ -355,6 +355,112 @@ def create_user_command(account_name, email, role, full_name, password_stdin, ve
               f"Created {user.email} (sub {user.sub}) in {account.name}.")
 
 
+def _user_by_email(email: str):
+    """Emails are unique across accounts, so an address names one user."""
+    from .models import User, db
+
+    user = db.session.scalar(sa.select(User).where(User.email == email.strip().lower()))
+    if user is None:
+        raise CommandError(f"no user has the email {email.strip()!r} (check the address; "
+                           "create a user with: idp create-user)")
+    return user
+
+
+def _user_json(user) -> dict:
+    return {"email": user.email, "sub": user.sub, "account": user.account.name,
+            "role": str(user.role), "disabled": user.disabled_at is not None}
+
+
+def _owner_rule(exc, command: str) -> CommandError:
+    """The owner rule refused: say how to keep an owner, and how to override it."""
+    return CommandError(f"{exc.message.rstrip('.')} (idp set-role --email OTHER --role owner), "
+                        f"or run again with --force: {command}")
+
+
+force_option = click.option(
+    "--force", is_flag=True,
+    help="Even if this leaves the account without an enabled owner (recorded in the audit).")
+
+
+@cli.command("disable-user")
+@click.option("--email", required=True)
+@force_option
+@json_option
+def disable_user_command(email: str, force: bool, as_json: bool) -> None:
+    """Disable a user: they can no longer sign in and every session of theirs ends now
+    (tokens revoked, back-channel logout notices sent), as the admin page does. Refused
+    for an account's last enabled owner unless --force."""
+    from . import roles
+    from .models import db
+
+    app = _app()
+    with app.app_context():
+        user = _user_by_email(email)
+        try:
+            ended = roles.disable(None, user, now=app.extensions["idp"].clock.now(),
+                                  force=force)
+        except roles.LastOwner as exc:
+            raise _owner_rule(exc, f"idp disable-user --email {user.email} --force") from None
+        db.session.commit()
+        # Logout notices go out now; what does not arrive in time stays in the outbox
+        # for `idp worker`.
+        app.extensions["idp.logout"].drain(app.config["BACKCHANNEL_TIMEOUT"].total_seconds() + 1)
+        data = {**_user_json(user), "changed": ended is not None,
+                "sessions_ended": len(ended or [])}
+        text = (f"{user.email} was already disabled; nothing changed."
+                if ended is None else
+                f"Disabled {user.email} ({user.account.name}); ended {len(ended)} session"
+                f"{'s' if len(ended) != 1 else ''}. Undo with: idp enable-user --email "
+                f"{user.email}")
+        _emit(as_json, data, text)
+
+
+@cli.command("enable-user")
+@click.option("--email", required=True)
+@json_option
+def enable_user_command(email: str, as_json: bool) -> None:
+    """Let a disabled user sign in again (no session comes back)."""
+    from . import roles
+    from .models import db
+
+    app = _app()
+    with app.app_context():
+        user = _user_by_email(email)
+        changed = roles.enable(None, user, now=app.extensions["idp"].clock.now())
+        db.session.commit()
+        text = (f"{user.email} ({user.account.name}) can sign in again." if changed
+                else f"{user.email} was not disabled; nothing changed.")
+        _emit(as_json, {**_user_json(user), "changed": changed}, text)
+
+
+@cli.command("set-role")
+@click.option("--email", required=True)
+@click.option("--role", required=True, type=click.Choice(["owner", "admin", "member"]))
+@force_option
+@json_option
+def set_role_command(email: str, role: str, force: bool, as_json: bool) -> None:
+    """Give a user a role in their account (owner, admin or member). Demoting an
+    account's last enabled owner is refused unless --force."""
+    from . import roles
+    from .models import db
+
+    app = _app()
+    with app.app_context():
+        user = _user_by_email(email)
+        try:
+            previous = roles.set_role(None, user, role, now=app.extensions["idp"].clock.now(),
+                                      force=force)
+        except roles.LastOwner as exc:
+            raise _owner_rule(exc, f"idp set-role --email {user.email} --role {role} "
+                                   "--force") from None
+        db.session.commit()
+        text = (f"{user.email} is already {role} in {user.account.name}; nothing changed."
+                if previous == role else
+                f"{user.email} is now {role} in {user.account.name} (was {previous}).")
+        _emit(as_json, {**_user_json(user), "previous_role": str(previous),
+                        "changed": previous != role}, text)
+
+
 @cli.command("create-client")
 @click.option("--name", required=True)
 @click.option("--redirect-uri", "redirect_uris", multiple=True, help="Repeat for several.")

@@ -1,7 +1,9 @@
 """The account administrators' pages: the session policy, the users and their sessions.
 
 Only the account's owners and admins get here; everyone else gets 404, and an
-administrator never sees another account's users.
+administrator never sees another account's users. Acting on a user goes through
+``roles``: an admin acts only on members, an owner on anyone, and the last enabled owner
+stays (403 or 409 otherwise, nothing written); the pages offer only what the viewer may do.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ from functools import wraps
 import sqlalchemy as sa
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 
-from .. import audit, credentials, factors, policy, policy_changes, sessions
+from .. import factors, policy, policy_changes, roles, sessions
 from ..models import (
-    EndReason,
     LoginSession,
     LogoutAttempt,
     LogoutDelivery,
@@ -25,7 +26,7 @@ from ..models import (
 )
 from ..policy import PolicyBounds, PolicyError, SessionPolicy
 from ..runtime import client_ip, config, now, services
-from . import current
+from . import current, error_response
 from .account import active_views, apps_of, describe_target, login_required, revokes_text
 from .forms import ActionForm
 
@@ -139,6 +140,12 @@ def _own_user(sub: str) -> User:
     return user
 
 
+def refused(exc: roles.Refused):
+    """The role ordering forbids it (403), or it would leave no enabled owner (409)."""
+    db.session.rollback()
+    return error_response(409 if isinstance(exc, roles.LastOwner) else 403, exc.message)
+
+
 @bp.get("/users")
 @admin_required
 def users():
@@ -149,9 +156,10 @@ def users():
     guard = services().lockout
     locked = {u.id for u in members if guard.locked(u.email)}
     enrolled = factors.enrolled_users([u.id for u in members])
+    offers = roles.offers(g.user, members)
     db.session.commit()
     return render_template("admin/users.html", users=members, counts=counts, account=account,
-                           locked=locked, enrolled=enrolled, form=ActionForm())
+                           locked=locked, enrolled=enrolled, offers=offers, form=ActionForm())
 
 
 @bp.route("/users/<sub>/factors/reset", methods=["GET", "POST"])
@@ -162,6 +170,10 @@ def reset_factors(sub: str):
     user = _own_user(sub)
     form = ActionForm()
     if request.method == "GET" or not form.validate_on_submit():
+        try:
+            roles.require(g.user, user)
+        except roles.Refused as exc:
+            return refused(exc)
         db.session.commit()
         return render_template(
             "account/confirm.html", form=form, action="Reset second factors",
@@ -170,7 +182,10 @@ def reset_factors(sub: str):
                     "out all their sessions. They sign in with the password alone and can set "
                     "up a new factor.",
             back=url_for("admin.users"))
-    ended = factors.remove(user, None, now=now(), actor=f"admin:{g.user.sub}", ip=client_ip())
+    try:
+        ended = roles.reset_factors(g.user, user, now=now(), ip=client_ip())
+    except roles.Refused as exc:
+        return refused(exc)
     db.session.commit()
     flash(f"Reset the second factors of {user.email}; ended {len(ended)} session(s).", "success")
     return redirect(url_for("admin.users"), 303)
@@ -183,9 +198,10 @@ def unlock(sub: str):
     user = _own_user(sub)
     if not ActionForm().validate_on_submit():
         abort(400)
-    services().lockout.reset(user.email)
-    audit.record("login.unlocked", now=now(), account_id=user.account_id, user_id=user.id,
-                 actor=f"admin:{g.user.sub}", ip=client_ip())
+    try:
+        roles.unlock(g.user, user, lockout=services().lockout, now=now(), ip=client_ip())
+    except roles.Refused as exc:
+        return refused(exc)
     db.session.commit()
     flash(f"{user.email} can sign in again.", "success")
     return redirect(url_for("admin.users"), 303)
@@ -201,6 +217,10 @@ def disable(sub: str):
         flash("You cannot disable yourself.", "info")
         return redirect(url_for("admin.users"), 303)
     if request.method == "GET" or not form.validate_on_submit():
+        try:
+            roles.require(g.user, user)
+        except roles.Refused as exc:
+            return refused(exc)
         db.session.commit()
         return render_template(
             "account/confirm.html", form=form, action="Disable user",
@@ -208,9 +228,15 @@ def disable(sub: str):
             summary=f"{user.email} can no longer sign in, and all their sessions end now.",
             back=url_for("admin.users"),
         )
-    ended = credentials.disable(user, now=now(), actor=f"admin:{g.user.sub}", ip=client_ip())
+    try:
+        ended = roles.disable(g.user, user, now=now(), ip=client_ip())
+    except roles.Refused as exc:
+        return refused(exc)
     db.session.commit()
-    flash(f"Disabled {user.email}; ended {len(ended)} session(s).", "success")
+    if ended is None:
+        flash(f"{user.email} was already disabled. Nothing changed.", "info")
+    else:
+        flash(f"Disabled {user.email}; ended {len(ended)} session(s).", "success")
     return redirect(url_for("admin.users"), 303)
 
 
@@ -220,9 +246,35 @@ def enable(sub: str):
     user = _own_user(sub)
     if not ActionForm().validate_on_submit():
         abort(400)
-    credentials.enable(user, now=now(), actor=f"admin:{g.user.sub}", ip=client_ip())
+    try:
+        roles.enable(g.user, user, now=now(), ip=client_ip())
+    except roles.Refused as exc:
+        return refused(exc)
     db.session.commit()
     flash(f"{user.email} can sign in again.", "success")
+    return redirect(url_for("admin.users"), 303)
+
+
+@bp.post("/users/<sub>/role")
+@admin_required
+def set_role(sub: str):
+    """Give a user another role: owners only (an admin may step down to member), and
+    never the last enabled owner's."""
+    user = _own_user(sub)
+    role = request.form.get("role", "")
+    if not ActionForm().validate_on_submit() or role not in tuple(Role):
+        abort(400)
+    try:
+        previous = roles.set_role(g.user, user, role, now=now(), ip=client_ip())
+    except roles.Refused as exc:
+        return refused(exc)
+    db.session.commit()
+    if previous == role:
+        flash(f"{user.email} is already {role}. Nothing changed.", "info")
+    else:
+        flash(f"{user.email} is now {role} (was {previous}).", "success")
+    if user.id == g.user.id and role not in ADMIN_ROLES:
+        return redirect(url_for("account.sessions_page"), 303)
     return redirect(url_for("admin.users"), 303)
 
 
@@ -238,10 +290,12 @@ def user_sessions(sub: str):
         )
     except sessions.BadCursor:
         abort(400)
+    can_end = roles.may_manage(g.user, user)
     db.session.commit()
     return render_template(
         "account/sessions.html", page=page, only_active=only_active,
         current_id=current.login_session().id, now=now(), user=user, admin_view=True,
+        can_end=can_end,
         event_text=sessions.EVENT_TEXT,
         reason_text={str(k): v for k, v in sessions.REASON_TEXT.items()},
     )
@@ -254,6 +308,10 @@ def end_user_session(sub: str, session_id: str):
     view = sessions.get_for_user(user, session_id, now())
     if view is None:
         abort(404)
+    try:
+        roles.require(g.user, user)
+    except roles.Refused as exc:
+        return refused(exc)
     back = url_for("admin.user_sessions", sub=sub)
     if view.status is not sessions.Status.ACTIVE:
         db.session.commit()
@@ -268,8 +326,10 @@ def end_user_session(sub: str, session_id: str):
             summary=f"Signs out {describe_target(view)}{revokes_text(view.active_apps)}.",
             back=back,
         )
-    sessions.end(view.session, EndReason.ENDED_BY_ADMIN, now=now(), actor=f"admin:{g.user.sub}",
-                 ip=client_ip())
+    try:
+        roles.end_session(g.user, view.session, now=now(), ip=client_ip())
+    except roles.Refused as exc:
+        return refused(exc)
     db.session.commit()
     flash(f"Ended {user.email}'s session on {describe_target(view)}.", "success")
     if view.session.id == current.login_session().id:
@@ -284,6 +344,10 @@ def end_user_sessions(sub: str):
     back = url_for("admin.user_sessions", sub=sub)
     form = ActionForm()
     if request.method == "GET" or not form.validate_on_submit():
+        try:
+            roles.require(g.user, user)
+        except roles.Refused as exc:
+            return refused(exc)
         views = active_views(user)
         db.session.commit()
         count = len(views)
@@ -294,8 +358,10 @@ def end_user_sessions(sub: str):
                      f"{revokes_text(apps_of(views))}."),
             back=back,
         )
-    ended = sessions.end_all(user, EndReason.ENDED_BY_ADMIN, now=now(),
-                             actor=f"admin:{g.user.sub}", ip=client_ip())
+    try:
+        ended = roles.end_sessions(g.user, user, now=now(), ip=client_ip())
+    except roles.Refused as exc:
+        return refused(exc)
     db.session.commit()
     flash(f"Ended {len(ended)} session{'s' if len(ended) != 1 else ''} of {user.email}.",
           "success")

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Response, g, jsonify, request
 
-from .. import policy, policy_changes, sessions
+from .. import policy, policy_changes, roles, sessions
 from ..models import EndReason, Role, User, db
 from ..oauth.endpoints import resource_protector
 from ..policy import PolicyBounds, PolicyError, SessionPolicy
@@ -278,6 +278,13 @@ def put_policy():
                     "changes": applied.changes, "policy": policy_json(account)})
 
 
+def refused(exc: roles.Refused):
+    """The role ordering forbids it (403 ``forbidden``), or it would leave the account
+    without an enabled owner (409 ``last_owner``); nothing was written."""
+    db.session.rollback()
+    return api_error(409 if isinstance(exc, roles.LastOwner) else 403, exc.code, exc.message)
+
+
 def _member(sub: str) -> User | None:
     user = db.session.scalar(sa.select(User).where(User.sub == sub)) if len(sub) <= 64 else None
     if user is None or user.account_id != g.user.account_id:
@@ -326,9 +333,12 @@ def admin_end_session(sub: str, session_id: str):
     view = sessions.get_for_user(user, session_id, now()) if user else None
     if view is None:
         return api_error(404, "not_found", "No such session of a user of your account.")
-    ended = view.status is sessions.Status.ACTIVE and sessions.end(
-        view.session, EndReason.ENDED_BY_ADMIN, now=now(), actor=f"admin:{g.user.sub}",
-        ip=client_ip())
+    try:
+        roles.require(g.user, user)
+        ended = view.status is sessions.Status.ACTIVE and roles.end_session(
+            g.user, view.session, now=now(), ip=client_ip())
+    except roles.Refused as exc:
+        return refused(exc)
     db.session.commit()
     view = sessions.get_for_user(user, session_id, now())
     message = "Session ended." if ended else "The session had already ended; nothing changed."
@@ -342,8 +352,10 @@ def admin_end_sessions(sub: str):
     user = _member(sub)
     if user is None:
         return api_error(404, "not_found", "No user of your account has that id.")
-    ended = sessions.end_all(user, EndReason.ENDED_BY_ADMIN, now=now(),
-                             actor=f"admin:{g.user.sub}", ip=client_ip())
+    try:
+        ended = roles.end_sessions(g.user, user, now=now(), ip=client_ip())
+    except roles.Refused as exc:
+        return refused(exc)
     db.session.commit()
     return jsonify({"ended": len(ended), "session_ids": [s.id for s in ended]})
 
