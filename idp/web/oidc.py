@@ -22,6 +22,7 @@ from flask import (
     session,
     url_for,
 )
+from joserfc.errors import JoseError
 from sqlalchemy.exc import IntegrityError
 
 from .. import sessions as sessions_domain
@@ -116,8 +117,9 @@ def discovery():
 @bp.get("/.well-known/jwks.json")
 def jwks():
     body = services().keys.jwks_json(now())
+    max_age = int(config()["JWKS_MAX_AGE"].total_seconds())  # what key rotation waits for
     return Response(body, mimetype="application/json",
-                    headers={"Cache-Control": "public, max-age=300"})
+                    headers={"Cache-Control": f"public, max-age={max_age}"})
 
 
 # -- authorization endpoint -------------------------------------------------------
@@ -177,13 +179,11 @@ def _needs_login(principal_session, params) -> bool:
 
 def _hint_subject(hint: str) -> str | None:
     """The subject of an ID token we issued; an expired hint still identifies a user."""
-    import jwt as pyjwt
-
     try:
-        claims = services().keys.verify(
+        claims = services().signer.verify(
             hint, issuer=config()["ISSUER"], now=now(), verify_exp=False
         )
-    except pyjwt.InvalidTokenError:
+    except JoseError:
         raise InvalidRequestError("'id_token_hint' is not an ID token of this provider.") from None
     return claims.get("sub")
 
@@ -358,7 +358,7 @@ def _urlencoded() -> dict | object | None:
 
 @bp.route("/userinfo", methods=["GET", "POST"])
 def userinfo():
-    claims = userinfo_answer(request.headers.get("Authorization"), keys=services().keys,
+    claims = userinfo_answer(request.headers.get("Authorization"), signer=services().signer,
                              issuer=config()["ISSUER"], now=now())
     if claims is not None:
         return _json(claims)
@@ -384,7 +384,7 @@ def introspect():
         response.headers["Cache-Control"] = "no-store"
         return response
     body = None if form is None else introspection.answer(
-        form, request.headers.get("Authorization"), keys=services().keys,
+        form, request.headers.get("Authorization"), signer=services().signer,
         issuer=config()["ISSUER"], now=now())
     if body is not None:
         return _json(body)
@@ -419,17 +419,15 @@ def _logout_error(message: str):
 def end_session():
     """Ends the browser's session for a relying party. Without a hint tying the request
     to this browser's session the user confirms first (no logout by a stray link)."""
-    import jwt as pyjwt
-
     params = request.values
     hint, client_id = params.get("id_token_hint"), params.get("client_id")
     target, state = params.get("post_logout_redirect_uri"), params.get("state")
     claims = None
     if hint:
         try:
-            claims = services().keys.verify(hint[:16384], issuer=config()["ISSUER"], now=now(),
-                                            verify_exp=False)
-        except pyjwt.InvalidTokenError:
+            claims = services().signer.verify(hint[:16384], issuer=config()["ISSUER"], now=now(),
+                                              verify_exp=False)
+        except JoseError:
             return _logout_error("The id_token_hint is not an ID token of this provider.")
     client = None
     if client_id:
