@@ -15,9 +15,9 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 import httpx
+import joserfc.jwt as jwt
 import pytest
 import sqlalchemy as sa
-from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 from werkzeug.wrappers import Request, Response
 
