@@ -510,7 +510,8 @@ def seed_fresh(app, fresh: int, out: Path, *, progress: Callable[[int], None] | 
                         "client_id": client.client_id, "scope": SCOPE, "jti": passwords.new_id(),
                         "iat": iat, "nbf": iat, "exp": iat + 3000, "fam": fid, "sid": sid,
                         "auth_time": iat}
-                    access.append(services.keys.sign(claims, alg=alg, typ=tokens.ACCESS_TOKEN_TYP))
+                    access.append(services.signer.sign(claims, alg=alg, typ=tokens.ACCESS_TOKEN_TYP,
+                                                        now=now_aware))
                 if loader.full():
                     loader.flush()
                     if progress:
@@ -526,11 +527,11 @@ def seed_fresh(app, fresh: int, out: Path, *, progress: Callable[[int], None] | 
             "SELECT id, session_id FROM token_families WHERE revoked_at IS NOT NULL LIMIT 1")).first()
         inactive = []
         if revoked is not None:
-            inactive.append(services.keys.sign({
+            inactive.append(services.signer.sign({
                 "iss": app.config["ISSUER"], "sub": "x", "aud": client.client_id,
                 "client_id": client.client_id, "scope": "openid", "jti": passwords.new_id(),
                 "iat": iat, "nbf": iat, "exp": iat + 3000, "fam": revoked.id,
-                "sid": revoked.session_id}, alg=alg, typ=tokens.ACCESS_TOKEN_TYP))
+                "sid": revoked.session_id}, alg=alg, typ=tokens.ACCESS_TOKEN_TYP, now=now_aware))
         db.session.commit()
         _analyze(db.engine)  # or autovacuum and a checkpoint run during the first rows
         out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from .keys import KeyStore
 from .lockout import Lockout
 from .models import db
 from .runtime import Services
+from .signing import Signer
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
 migrate = Migrate()
@@ -83,6 +84,7 @@ def _setup_services(app: Flask, settings: dict, clock: Clock) -> None:
     keys = KeyStore(
         settings["KEYS_DIR"], retention=retention,
         reload_interval=settings["KEYS_RELOAD_INTERVAL"],
+        jwks_max_age=settings["JWKS_MAX_AGE"],
     )
     hasher = passwords.make_hasher(
         settings["ARGON2_TIME_COST"], settings["ARGON2_MEMORY_COST"], settings["ARGON2_PARALLELISM"]
@@ -97,6 +99,7 @@ def _setup_services(app: Flask, settings: dict, clock: Clock) -> None:
         config=app.config,
         clock=clock,
         keys=keys,
+        signer=Signer(keys),
         passwords=passwords.Passwords(hasher, concurrency=settings["ARGON2_CONCURRENCY"]),
         locator=devices.Locator(settings["GEOIP_DATABASE"]),
         limits=counters.Limits(counted, app.config, batched=batched),

@@ -634,13 +634,17 @@ def worker_command(once: bool, interval: float, as_json: bool) -> None:
 @cli.command("rotate-keys")
 @json_option
 def rotate_keys_command(as_json: bool) -> None:
-    """New signing keys; old public keys stay in the JWKS until what they signed expired."""
+    """New signing keys, published at once and signing once relying parties' cached JWKS
+    expired; old public keys stay in the JWKS until what they signed expired."""
     app = _app()
     services = app.extensions["idp"]
-    new = services.keys.rotate(services.clock.now())
-    published = [k.kid for k in services.keys.published(services.clock.now())]
-    _emit(as_json, {"new": [k.kid for k in new], "published": published},
-          f"New keys: {', '.join(k.kid for k in new)}. Published: {len(published)} keys.")
+    now = services.clock.now()
+    new = services.keys.rotate(now)
+    published = [k.kid for k in services.keys.published(now)]
+    signs_from = min(k.signs_from for k in new).isoformat()
+    _emit(as_json, {"new": [k.kid for k in new], "published": published, "signs_from": signs_from},
+          f"New keys: {', '.join(k.kid for k in new)}, published now, signing from {signs_from} "
+          f"(until then the current keys sign). Published: {len(published)} keys.")
 
 
 def _in_parallel(app, workers: int, task) -> int:

@@ -120,6 +120,9 @@ SETTINGS: dict[str, tuple[object, str, str]] = {
                            "lower CPU priority than requests; more sign-ins queue (1-16)"),
     # -- keys
     "KEYS_RELOAD_INTERVAL": (30, "int", "Seconds between checks for keys rotated by another node"),
+    "JWKS_MAX_AGE": ("5m", "duration", "How long relying parties may cache the JWKS (its "
+                     "Cache-Control max-age; 0 - 24 h); a key `idp rotate-keys` adds signs only "
+                     "this plus KEYS_RELOAD_INTERVAL after it is published"),
     # -- server
     "WORKERS": (2, "int", "Default worker processes for `idp serve`"),
     "KEEPALIVE_REQUESTS": (100, "int", "Requests answered on one keep-alive connection before "
@@ -286,6 +289,7 @@ def _validate(config: dict) -> None:
             "or active users would be signed out for inactivity"
         )
     _bounded(config, "RATE_LIMIT_SYNC", timedelta(0), timedelta(seconds=60))
+    _bounded(config, "JWKS_MAX_AGE", timedelta(0), timedelta(hours=24))
     if config["SMTP_URL"]:
         from .mail import Smtp  # the URL's own checks, said at start rather than at first mail
 

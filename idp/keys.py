@@ -1,8 +1,8 @@
-"""The provider's signing keys: kept on disk, used to sign, published as the JWKS.
+"""The provider's signing keys: kept on disk, rotated, published as the JWKS.
 
-ID tokens, JWT access tokens (RFC 9068) and back-channel logout tokens are all
-signed here, so this module is the one place that decides which key signs, which
-keys a token may be verified with, and which public keys relying parties see.
+This module decides which key signs at a given moment, which keys a token may be
+verified with, and which public keys relying parties see; the JOSE work itself
+(signing and verifying with those keys) is ``idp.signing``'s, on joserfc.
 
 Keys live in a directory (``keys/`` by default, git-ignored) that several nodes
 may share: one unencrypted PKCS8 PEM per key (mode 0600) and a ``keys.json``
@@ -10,12 +10,16 @@ manifest that says which key is current and when the others were retired. Writes
 are atomic and serialised with ``flock`` so two processes starting or rotating
 at once cannot corrupt the directory; every node notices a rotation done by
 another by re-checking the manifest's stat at most every ``reload_interval``
-seconds, so the hot paths (``sign``/``verify``/``jwks_json``) never touch disk.
+seconds, so the hot paths (``current``/``published_key``/``jwks_json``) never touch disk.
 
-A retired key stays published while a token it signed may still be alive:
-``retention`` (the longest token lifetime) plus ``reload_interval``, because a
-node that has not yet noticed a rotation keeps signing with the old key for up
-to that long.
+A key is published before it signs: ``rotate`` adds keys that every JWKS lists at
+once but that sign only from ``signs_from``, one JWKS cache period (``jwks_max_age``,
+the ``Cache-Control: max-age`` of the JWKS endpoint) plus ``reload_interval`` later,
+so a relying party whose cached JWKS predates the rotation has refetched it before
+it meets a token signed with the new key. Until then the old key keeps signing; it
+is retired (``retired_at``) when the new one takes over, and stays published while
+a token it signed may still be alive: ``retention`` (the longest token lifetime)
+plus ``reload_interval``.
 
 Pure domain code: no Flask, and no reading of the clock. Callers pass ``now``
 (timezone-aware) so tests move time instead of sleeping; only the reload
@@ -28,7 +32,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import math
 import os
 import re
 import secrets
@@ -41,31 +44,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from joserfc import jws
-from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 SUPPORTED_ALGORITHMS = ("RS256", "ES256")
-
-MAX_TOKEN_LENGTH = 16 * 1024
-"""Longer tokens are rejected before any decoding; ours are a few hundred bytes."""
 
 MANIFEST_NAME = "keys.json"
 LOCK_NAME = ".lock"
 
 _MAX_FILE_SIZE = 1024 * 1024
 _KID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _KID_PREFIX = {"RS256": "rs", "ES256": "es"}
 _RSA_BITS = 2048
-# Header members that would let the token choose its own key, or demand
-# extensions we do not implement (RFC 8725 3.10, RFC 7515 4.1.11).
-_FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "crit"})
 # The only JWK members we ever publish: public parts, by construction never "d".
 _PUBLIC_JWK_MEMBERS = ("kty", "crv", "x", "y", "n", "e")
 
@@ -78,13 +70,23 @@ class KeyStoreError(Exception):
 
 @dataclass(frozen=True)
 class SigningKey:
-    """One key pair with its lifecycle; ``retired_at`` is None while it is current."""
+    """One key pair with its lifecycle.
+
+    It is published from ``created_at``, signs from ``signs_from`` until a newer key
+    of its algorithm takes over at ``retired_at`` (None until a rotation sets it),
+    and stays published until ``retired_at`` plus the store's ``publish_window``.
+    ``jwk`` (the private key, to sign) and ``public_jwk`` are joserfc's objects,
+    built once per load so no call re-parses a key.
+    """
 
     kid: str
     alg: str
     private_key: Any = field(repr=False, compare=False)
     created_at: datetime
     retired_at: datetime | None
+    signs_from: datetime
+    jwk: Any = field(repr=False, compare=False)
+    public_jwk: Any = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -95,12 +97,14 @@ class _Entry:
     alg: str
     created_at: datetime
     retired_at: datetime | None
+    signs_from: datetime
 
     def to_json(self) -> dict[str, Any]:
         return {
             "kid": self.kid,
             "alg": self.alg,
             "created_at": self.created_at.isoformat(),
+            "signs_from": self.signs_from.isoformat(),
             "retired_at": self.retired_at.isoformat() if self.retired_at else None,
         }
 
@@ -111,10 +115,8 @@ class _Snapshot:
 
     keys: tuple[SigningKey, ...]  # newest first
     by_kid: dict[str, SigningKey]
-    public: dict[str, Any]  # kid -> cryptography public key, for verify
     jwk: dict[str, dict[str, str]]  # kid -> public JWK, for the JWKS
-    jose: dict[str, Any]  # kid -> joserfc public key, for verify
-    current: dict[str, SigningKey]  # alg -> newest non-retired key
+    schedule: dict[str, tuple[SigningKey, ...]]  # alg -> its keys, latest signs_from first
     stamp: tuple[int, int, int]  # (inode, mtime_ns, size) of keys.json when read
 
 
@@ -126,27 +128,28 @@ class KeyStore:
         directory: str | os.PathLike[str],
         retention: timedelta,
         reload_interval: float = 30.0,
-        verified_cache_size: int = 4096,
+        jwks_max_age: timedelta = timedelta(0),
     ):
         if retention < timedelta(0):
             raise ValueError("retention must not be negative")
         if reload_interval < 0:
             raise ValueError("reload_interval must not be negative")
+        if jwks_max_age < timedelta(0):
+            raise ValueError("jwks_max_age must not be negative")
         self.directory = Path(directory)
         self.retention = retention
         self.reload_interval = float(reload_interval)
         # How long a retired key stays published (see the module docstring).
         self.publish_window = retention + timedelta(seconds=self.reload_interval)
+        # How long a rotated-in key is only published before it signs: every node lists
+        # it within reload_interval, and a JWKS cached just before that expires within
+        # jwks_max_age.
+        self.signing_delay = jwks_max_age + timedelta(seconds=self.reload_interval)
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
         self._next_check = 0.0
         self._key_cache: dict[str, Any] = {}
         self._jwks_cache: tuple[_Snapshot, tuple[str, ...], bytes] | None = None
-        # Signature checks already passed, keyed by (token, issuer, audience, typ): a
-        # resource server introspects the same token on every call it gets. Times and
-        # the key's publication are still checked on every use.
-        self._verified: dict[tuple, tuple[str, dict[str, Any]]] = {}
-        self._verified_size = verified_cache_size
 
     @property
     def manifest_path(self) -> Path:
@@ -155,10 +158,11 @@ class KeyStore:
     # -- changing the keys --------------------------------------------------------
 
     def ensure(self, now: datetime) -> bool:
-        """Make sure every supported algorithm has a current key; True if any was generated.
+        """Make sure every supported algorithm has a key; True if any was generated.
 
         Called at every start, by every node, possibly at the same moment: the
-        exclusive lock makes exactly one of them generate.
+        exclusive lock makes exactly one of them generate. A key made here signs at
+        once: there is no other key of its algorithm to sign meanwhile.
         """
         now = _utc(now)
         self._make_dir()
@@ -171,7 +175,7 @@ class KeyStore:
             ]
             if missing:
                 taken = {e.kid for e in entries}
-                new = [self._generate(alg, now, taken) for alg in missing]
+                new = [self._generate(alg, now, taken, signs_from=now) for alg in missing]
                 self._write_manifest(entries + new)
                 self._fsync_dir()
             snapshot = self._load(locked=True)
@@ -179,25 +183,29 @@ class KeyStore:
         return bool(missing)
 
     def rotate(self, now: datetime) -> list[SigningKey]:
-        """Start signing with new keys, retire the current ones, drop keys nothing can need.
+        """Publish new keys now that sign from ``now + signing_delay``; the keys signing
+        until then retire at that moment; drop keys nothing can need any more.
 
         Order matters for the other nodes: new PEMs first, then the manifest that
         names them, and only then deletion of pruned PEMs.
         """
         now = _utc(now)
+        signs_from = now + self.signing_delay
         self._make_dir()
         with self._exclusive_lock():
             kept: list[_Entry] = []
             pruned: list[_Entry] = []
             for entry in self._read_entries():
-                retired_at = entry.retired_at or now
-                record = _Entry(entry.kid, entry.alg, entry.created_at, retired_at)
+                # A key already retiring (an earlier rotation still pending) keeps its date.
+                retired_at = entry.retired_at or signs_from
+                record = _Entry(entry.kid, entry.alg, entry.created_at, retired_at, entry.signs_from)
                 if retired_at + self.publish_window < now:
                     pruned.append(record)
                 else:
                     kept.append(record)
             taken = {e.kid for e in kept} | {e.kid for e in pruned}
-            new = [self._generate(alg, now, taken) for alg in SUPPORTED_ALGORITHMS]
+            new = [self._generate(alg, now, taken, signs_from=signs_from)
+                   for alg in SUPPORTED_ALGORITHMS]
             self._write_manifest(kept + new)
             for entry in pruned:
                 with contextlib.suppress(FileNotFoundError):
@@ -210,67 +218,35 @@ class KeyStore:
 
     # -- using the keys ------------------------------------------------------------
 
-    def current(self, alg: str = "RS256") -> SigningKey:
-        """The key that signs new tokens of this algorithm."""
+    def current(self, alg: str = "RS256", *, now: datetime) -> SigningKey:
+        """The key that signs tokens of this algorithm at ``now``: of the keys whose
+        ``signs_from`` has come, the latest to start. Should the clock stand before
+        every key's start (a node whose clock lags the rotating one), the first to start."""
         if alg not in SUPPORTED_ALGORITHMS:
             raise ValueError(f"unsupported signing algorithm {alg!r}")
-        key = self._maybe_reload().current.get(alg)
-        if key is None:
-            raise KeyStoreError(f"no current {alg} signing key in {self.manifest_path}; run: idp rotate-keys")
-        return key
+        now = _utc(now)
+        schedule = self._maybe_reload().schedule.get(alg)
+        if not schedule:
+            raise KeyStoreError(f"no {alg} signing key in {self.manifest_path}; run: idp rotate-keys")
+        for key in schedule:
+            if key.signs_from <= now:
+                return key
+        return schedule[-1]
 
-    def sign(self, claims: dict[str, Any], *, alg: str = "RS256", typ: str | None = "JWT") -> str:
-        """A compact JWS over ``claims`` with header {alg, kid, typ}; no disk access."""
-        key = self.current(alg)
-        headers: dict[str, Any] = {"kid": key.kid, "typ": typ}
-        return jwt.encode(claims, key.private_key, algorithm=alg, headers=headers)
+    def published_key(self, kid: str, now: datetime, *, look_again: bool = True) -> SigningKey | None:
+        """The key named ``kid`` if the JWKS publishes it at ``now``, else None.
 
-    def verify(
-        self,
-        token: str,
-        *,
-        audience: str | list[str] | None = None,
-        issuer: str | None = None,
-        now: datetime,
-        leeway: int = 0,
-        verify_exp: bool = True,
-        typ: str | None = None,
-    ) -> dict[str, Any]:
-        """The claims of a token we signed, or ``jwt.InvalidTokenError`` (a subclass of).
-
-        The header only *names* a key: the algorithm and key material always come
-        from our own published keys, so "none", HS256-with-our-public-key and
-        attacker-supplied keys (jwk/jku/x5u/x5c) cannot work. Time claims are
-        checked against the ``now`` passed in, never the wall clock.
+        An unknown kid makes the store re-read the directory at once (``look_again``):
+        maybe another node rotated since our last check.
         """
         now = _utc(now)
-        if not isinstance(token, str):
-            raise jwt.DecodeError("token must be a string")
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise jwt.DecodeError("token is too long")
-        # Outside the catch-all: a broken keys directory is a server fault, not a bad token.
-        snapshot = self._maybe_reload()
-        try:
-            return self._verify(
-                token,
-                snapshot,
-                now=now,
-                now_ts=now.timestamp(),
-                audience=audience,
-                issuer=issuer,
-                leeway=leeway,
-                verify_exp=verify_exp,
-                typ=typ,
-            )
-        except jwt.InvalidTokenError:
-            raise
-        except KeyStoreError:
-            raise
-        except Exception as exc:  # malformed input must never surface as a 500
-            raise jwt.DecodeError("malformed token") from exc
+        key = self._published_key(self._maybe_reload(), kid, now)
+        if key is None and look_again:
+            key = self._published_key(self._maybe_reload(force=True), kid, now)
+        return key
 
     def published(self, now: datetime) -> list[SigningKey]:
-        """Keys relying parties may need: the current ones and recently retired ones."""
+        """Keys relying parties may need: those signing or about to, and recently retired ones."""
         return self._published(self._maybe_reload(), _utc(now))
 
     def jwks(self, now: datetime) -> dict[str, list[dict[str, str]]]:
@@ -289,94 +265,6 @@ class KeyStore:
         body = json.dumps({"keys": [snapshot.jwk[kid] for kid in kids]}, separators=(",", ":")).encode()
         self._jwks_cache = (snapshot, kids, body)
         return body
-
-    # -- verification --------------------------------------------------------------
-
-    def _verify(
-        self,
-        token: str,
-        snapshot: _Snapshot,
-        *,
-        now: datetime,
-        now_ts: float,
-        audience: str | list[str] | None,
-        issuer: str | None,
-        leeway: float,
-        verify_exp: bool,
-        typ: str | None,
-    ) -> dict[str, Any]:
-        cache_key = (token, issuer, audience if not isinstance(audience, list) else tuple(audience), typ)
-        hit = self._verified.get(cache_key)
-        if hit is not None and self._published_key(snapshot, hit[0], now) is not None:
-            claims = dict(hit[1])
-            _check_times(claims, now_ts, float(leeway), verify_exp)
-            return claims
-        claims, kid = self._verify_signature(token, snapshot, now=now, audience=audience,
-                                             issuer=issuer, typ=typ)
-        if self._verified_size:
-            if len(self._verified) >= self._verified_size:
-                with contextlib.suppress(StopIteration, KeyError, RuntimeError):
-                    del self._verified[next(iter(self._verified))]  # oldest first
-            self._verified[cache_key] = (kid, dict(claims))
-        _check_times(claims, now_ts, float(leeway), verify_exp)
-        return claims
-
-    def _verify_signature(
-        self,
-        token: str,
-        snapshot: _Snapshot,
-        *,
-        now: datetime,
-        audience: str | list[str] | None,
-        issuer: str | None,
-        typ: str | None,
-    ) -> tuple[dict[str, Any], str]:
-        if not _COMPACT_JWS.fullmatch(token):  # unpadded base64url only: no malleable spellings
-            raise jwt.DecodeError("malformed token")
-        try:
-            compact = jws.extract_compact(token.encode("ascii"))
-            header = compact.headers()
-        except (JoseError, ValueError, TypeError) as exc:
-            raise jwt.DecodeError("malformed token") from exc
-        forbidden = _FORBIDDEN_HEADERS.intersection(header)
-        if forbidden:
-            raise jwt.InvalidTokenError(
-                f"token header carries forbidden member(s): {', '.join(sorted(forbidden))}"
-            )
-        alg = header.get("alg")
-        if alg not in SUPPORTED_ALGORITHMS:
-            raise jwt.InvalidAlgorithmError("the token's algorithm is not allowed")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise jwt.InvalidTokenError("the token header has no kid")
-        if typ is not None and not _same_typ(header.get("typ"), typ):
-            raise jwt.InvalidTokenError(f"the token's typ is not {typ}")
-
-        key = self._published_key(snapshot, kid, now)
-        if key is None:
-            # Maybe another node rotated since our last check: look now, not in 30 s.
-            snapshot = self._maybe_reload(force=True)
-            key = self._published_key(snapshot, kid, now)
-        if key is None:
-            raise jwt.InvalidTokenError("the token was signed with an unknown or retired key")
-        if key.alg != alg:
-            raise jwt.InvalidAlgorithmError("the token's algorithm does not match its key")
-
-        # joserfc checks the signature (PyJWT's decoder costs twice as much per token).
-        try:
-            valid = jws.validate_compact(compact, snapshot.jose[kid], algorithms=[key.alg])
-        except JoseError as exc:
-            raise jwt.InvalidSignatureError("signature verification failed") from exc
-        if not valid:
-            raise jwt.InvalidSignatureError("signature verification failed")
-        try:
-            claims = json.loads(compact.payload)
-        except ValueError as exc:
-            raise jwt.DecodeError("the payload is not JSON") from exc
-        if not isinstance(claims, dict):
-            raise jwt.DecodeError("the payload is not a JSON object")
-        _check_issuer_audience(claims, issuer, audience)
-        return claims, kid
 
     def _published_key(self, snapshot: _Snapshot, kid: str, now: datetime) -> SigningKey | None:
         key = snapshot.by_kid.get(kid)
@@ -450,23 +338,24 @@ class KeyStore:
                 if private_key is None:
                     private_key = _load_pem(self._pem_path(entry.kid), entry.alg)
                 cache[entry.kid] = private_key
-                keys.append(SigningKey(entry.kid, entry.alg, private_key, entry.created_at, entry.retired_at))
+                joserfc_key = RSAKey if entry.alg == "RS256" else ECKey
+                keys.append(SigningKey(
+                    entry.kid, entry.alg, private_key, entry.created_at, entry.retired_at,
+                    entry.signs_from, jwk=joserfc_key.import_key(private_key),
+                    public_jwk=joserfc_key.import_key(private_key.public_key())))
         self._key_cache = cache
         order = {k.kid: i for i, k in enumerate(keys)}
         keys.sort(key=lambda k: (k.created_at, order[k.kid]), reverse=True)
-        current: dict[str, SigningKey] = {}
-        for key in keys:
-            if key.retired_at is None:
-                current.setdefault(key.alg, key)
-        public = {k.kid: k.private_key.public_key() for k in keys}
+        schedule = {
+            alg: tuple(sorted((k for k in keys if k.alg == alg),
+                              key=lambda k: (k.signs_from, k.created_at, order[k.kid]), reverse=True))
+            for alg in SUPPORTED_ALGORITHMS
+        }
         return _Snapshot(
             keys=tuple(keys),
             by_kid={k.kid: k for k in keys},
-            public=public,
-            jwk={k.kid: _public_jwk(k.kid, k.alg, public[k.kid]) for k in keys},
-            jose={k.kid: (RSAKey if k.alg == "RS256" else ECKey).import_key(public[k.kid])
-                  for k in keys},
-            current=current,
+            jwk={k.kid: _public_jwk(k.kid, k.alg, k.public_jwk) for k in keys},
+            schedule=schedule,
             stamp=_stamp(st),
         )
 
@@ -480,7 +369,7 @@ class KeyStore:
 
     # -- writing -------------------------------------------------------------------
 
-    def _generate(self, alg: str, now: datetime, taken: set[str]) -> _Entry:
+    def _generate(self, alg: str, now: datetime, taken: set[str], *, signs_from: datetime) -> _Entry:
         """A new key pair written to its PEM; ``taken`` gains its kid."""
         private_key: Any
         if alg == "RS256":
@@ -498,7 +387,7 @@ class KeyStore:
         )
         _write_private_file(self._pem_path(kid), pem)
         self._key_cache[kid] = private_key
-        return _Entry(kid, alg, now, None)
+        return _Entry(kid, alg, now, None, signs_from)
 
     def _write_manifest(self, entries: list[_Entry]) -> None:
         document = {"keys": [e.to_json() for e in entries]}
@@ -572,70 +461,9 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _same_typ(actual: object, expected: str) -> bool:
-    """RFC 8725 3.11 / RFC 7515 4.1.9: case-insensitive, "application/" optional."""
-    if not isinstance(actual, str):
-        return False
-
-    def norm(value: str) -> str:
-        value = value.lower()
-        return value.removeprefix("application/")
-
-    return norm(actual) == norm(expected)
-
-
-def _number(claims: dict[str, Any], name: str) -> int | float | None:
-    if name not in claims:
-        return None
-    value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise jwt.DecodeError(f"the {name} claim must be a number")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise jwt.DecodeError(f"the {name} claim must be a finite number")
-    return value
-
-
-def _check_issuer_audience(claims: dict[str, Any], issuer: str | None,
-                           audience: str | list[str] | None) -> None:
-    """PyJWT's rules: a required issuer must match; a required audience must be named."""
-    if issuer is not None:
-        if "iss" not in claims:
-            raise jwt.MissingRequiredClaimError("iss")
-        if claims["iss"] != issuer:
-            raise jwt.InvalidIssuerError("Invalid issuer")
-    if audience is not None:
-        if "aud" not in claims:
-            raise jwt.MissingRequiredClaimError("aud")
-        named = claims["aud"]
-        if isinstance(named, str):
-            named = [named]
-        if not isinstance(named, list) or not all(isinstance(a, str) for a in named):
-            raise jwt.InvalidAudienceError("Invalid claim format in token")
-        wanted = [audience] if isinstance(audience, str) else audience
-        if not any(a in named for a in wanted):
-            raise jwt.InvalidAudienceError("Audience doesn't match")
-
-
-def _check_times(claims: dict[str, Any], now: float, leeway: float, verify_exp: bool) -> None:
-    """exp/nbf/iat against the caller's clock (same rules as PyJWT's, which uses the wall clock)."""
-    exp = _number(claims, "exp")
-    nbf = _number(claims, "nbf")
-    iat = _number(claims, "iat")
-    if verify_exp:
-        if exp is None:
-            raise jwt.MissingRequiredClaimError("exp")
-        if exp <= now - leeway:
-            raise jwt.ExpiredSignatureError("the token has expired")
-    if nbf is not None and nbf > now + leeway:
-        raise jwt.ImmatureSignatureError("the token is not yet valid (nbf)")
-    if iat is not None and iat > now + leeway:
-        raise jwt.ImmatureSignatureError("the token was issued in the future (iat)")
-
-
-def _public_jwk(kid: str, alg: str, public_key: Any) -> dict[str, str]:
-    """PyJWT's JWK export of the *public* key, filtered to public members anyway."""
-    exporter = RSAAlgorithm if alg == "RS256" else ECAlgorithm
-    exported = exporter.to_jwk(public_key, as_dict=True)
+def _public_jwk(kid: str, alg: str, public_key: RSAKey | ECKey) -> dict[str, str]:
+    """joserfc's JWK of the *public* key, filtered to public members anyway."""
+    exported = public_key.as_dict(private=False)
     jwk = {m: exported[m] for m in _PUBLIC_JWK_MEMBERS if m in exported}
     jwk.update(kid=kid, alg=alg, use="sig")
     return jwk
@@ -725,7 +553,12 @@ def _parse_manifest(raw: bytes, path: Path) -> list[_Entry]:
             retired_at = _parse_time(item["retired_at"])
             if retired_at is None:
                 raise corrupt(f"key {kid} has an invalid retired_at")
-        entries.append(_Entry(kid, alg, created_at, retired_at))
+        signs_from = created_at  # manifests written before keys were published ahead
+        if item.get("signs_from") is not None:
+            signs_from = _parse_time(item["signs_from"])
+            if signs_from is None:
+                raise corrupt(f"key {kid} has an invalid signs_from")
+        entries.append(_Entry(kid, alg, created_at, retired_at, signs_from))
     return entries
 
 

@@ -22,13 +22,15 @@ from .keys import KeyStore
 from .lockout import Lockout
 from .passwords import Passwords
 from .sessions import Origin
+from .signing import Signer
 
 
 @dataclass
 class Services:
     config: dict
     clock: Clock
-    keys: KeyStore
+    keys: KeyStore  # storage, rotation, the JWKS
+    signer: Signer  # signs and verifies our own tokens with those keys
     passwords: Passwords
     locator: devices.Locator
     limits: Limits  # request and failure limits, on counters every worker shares

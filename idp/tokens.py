@@ -14,11 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import jwt as pyjwt
 import sqlalchemy as sa
+from joserfc.errors import JoseError
 
 from . import audit, passwords, sessions
-from .keys import KeyStore
 from .models import (
     Account,
     AuthorizationCode,
@@ -35,6 +34,7 @@ from .models import (
     db,
 )
 from .policy import SessionPolicy
+from .signing import Signer
 
 
 def start_family(
@@ -577,17 +577,17 @@ def access_token_claims(
     return claims
 
 
-def access_claims(value: str, *, keys: KeyStore, issuer: str, now: datetime) -> dict | None:
+def access_claims(value: str, *, signer: Signer, issuer: str, now: datetime) -> dict | None:
     """The claims of one of our access tokens with a valid signature (cached per token),
     issuer and type, or None. Expiry is the caller's to judge: an expired token of ours is
     still ours (introspection answers it inactive rather than unknown)."""
     if value.count(".") != 2:
         return None
     try:
-        claims = keys.verify(
+        claims = signer.verify(
             value, issuer=issuer, now=now, typ=ACCESS_TOKEN_TYP, verify_exp=False
         )
-    except pyjwt.InvalidTokenError:
+    except JoseError:
         return None
     if not isinstance(claims.get("fam"), str) or not isinstance(claims.get("jti"), str) \
             or "exp" not in claims:
@@ -596,11 +596,11 @@ def access_claims(value: str, *, keys: KeyStore, issuer: str, now: datetime) -> 
 
 
 def find_access_token(
-    value: str, *, keys: KeyStore, issuer: str, now: datetime,
+    value: str, *, signer: Signer, issuer: str, now: datetime,
     connection: sa.Connection | None = None,
 ) -> AccessToken | None:
     """Verify the signature (cached per token) and read its family's standing in one query."""
-    claims = access_claims(value, keys=keys, issuer=issuer, now=now)
+    claims = access_claims(value, signer=signer, issuer=issuer, now=now)
     if claims is None:
         return None
     found = load_holder(claims["fam"], claims["jti"], connection)

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
+import joserfc.jwt as jwt
 from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import OAuth2Client
-from joserfc import jwt
 from joserfc.jwk import KeySet
 
 CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')

@@ -286,8 +286,12 @@ def test_create_client_public_has_a_null_secret(shared):
 
 def test_rotate_keys_publishes_new_keys_beside_the_old(template, home):
     old = set(template.output["keys"])
+    before = datetime.now(UTC)
     out = one_json_object(idp(home, "rotate-keys", "--json"))
-    assert set(out) == {"new", "published"}
+    assert set(out) == {"new", "published", "signs_from"}
+    # Relying parties may keep the JWKS 5 minutes; other nodes notice within 30 s.
+    delay = datetime.fromisoformat(out["signs_from"]) - before
+    assert timedelta(minutes=5, seconds=30) <= delay < timedelta(minutes=6)
     new = set(out["new"])
     assert len(new) == 2 and {k.split("-")[0] for k in new} == {"rs", "es"}
     assert not new & old

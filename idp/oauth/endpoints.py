@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import joserfc.jwt as joserfc_jwt
 import sqlalchemy as sa
 from authlib.consts import default_json_headers
 from authlib.integrations.flask_oauth2 import ResourceProtector
@@ -19,15 +20,14 @@ from authlib.oauth2.rfc8628 import DEVICE_CODE_GRANT_TYPE
 from authlib.oauth2.rfc8628 import DeviceAuthorizationEndpoint as _DeviceAuthorizationEndpoint
 from authlib.oidc.core import UserInfoEndpoint as _UserInfoEndpoint
 from flask import request as flask_request
-from joserfc import jwt as joserfc_jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy.exc import IntegrityError
 
 from .. import audit, devices, passwords, tokens
-from ..keys import KeyStore
 from ..models import Client, DeviceCode, UsedAssertion, db, read_only
 from ..runtime import client_ip, config, now, services
+from ..signing import Signer
 from . import introspection, scopes
 from .client_limits import unverified_sub
 from .grants import Principal, user_info
@@ -99,7 +99,7 @@ def find_token(value: str, hint: str | None) -> FoundToken | None:
 
 def _find_access(value: str) -> FoundToken | None:
     access = tokens.find_access_token(
-        value, keys=services().keys, issuer=config()["ISSUER"], now=now()
+        value, signer=services().signer, issuer=config()["ISSUER"], now=now()
     )
     if access is None:
         return None
@@ -169,7 +169,7 @@ class RevocationEndpoint(_RevocationEndpoint):
 class BearerTokenValidator(_BearerTokenValidator):
     def authenticate_token(self, token_string: str) -> FoundToken | None:
         access = tokens.find_access_token(
-            token_string, keys=services().keys, issuer=config()["ISSUER"], now=now()
+            token_string, signer=services().signer, issuer=config()["ISSUER"], now=now()
         )
         if access is None or access.holder is None or access.holder.user is None:
             return None
@@ -191,7 +191,7 @@ class UserInfoEndpoint(_UserInfoEndpoint):
         return user_info(user.user, scope)
 
 
-def userinfo_answer(authorization: str | None, *, keys: KeyStore, issuer: str,
+def userinfo_answer(authorization: str | None, *, signer: Signer, issuer: str,
                     now: datetime) -> dict | None:
     """The claims for an active bearer token with the openid scope, in one query; None
     takes the full path, which gives RFC 6750's errors and challenges."""
@@ -199,7 +199,7 @@ def userinfo_answer(authorization: str | None, *, keys: KeyStore, issuer: str,
     if scheme.lower() != "bearer" or not value.strip():
         return None
     with read_only() as connection:
-        access = tokens.find_access_token(value.strip(), keys=keys, issuer=issuer, now=now,
+        access = tokens.find_access_token(value.strip(), signer=signer, issuer=issuer, now=now,
                                           connection=connection)
     if access is None or access.holder is None or access.holder.user is None \
             or not access.active(now) or "openid" not in access.scope.split():

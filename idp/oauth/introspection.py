@@ -20,8 +20,8 @@ from urllib.parse import unquote
 import sqlalchemy as sa
 
 from .. import passwords, tokens
-from ..keys import KeyStore
 from ..models import Client, HotQuery, RefreshToken, RevokedAccessToken, TokenFamily, read_only
+from ..signing import Signer
 from .client_limits import authenticated
 from .grants import user_info
 
@@ -77,7 +77,7 @@ def client_credentials(form, authorization: str | None) -> tuple[str, str] | Non
     return client_id, secret
 
 
-def answer(form, authorization: str | None, *, keys: KeyStore, issuer: str,
+def answer(form, authorization: str | None, *, signer: Signer, issuer: str,
            now: datetime) -> dict | None:
     """The introspection response for an authenticated caller, or None to take the full
     path. The token's shape says what it is (a JWT or ``<id>.<secret>``), so the hint
@@ -87,7 +87,7 @@ def answer(form, authorization: str | None, *, keys: KeyStore, issuer: str,
     if credentials is None or value is None or (hint and hint not in TOKEN_TYPE_HINTS):
         return None
     with read_only() as connection:
-        answered, holder = _answer(connection, value, *credentials, keys=keys, issuer=issuer,
+        answered, holder = _answer(connection, value, *credentials, signer=signer, issuer=issuer,
                                    now=now)
     if answered is not None:
         authenticated(credentials[0], "introspection")  # the operator's cap, if any
@@ -97,9 +97,9 @@ def answer(form, authorization: str | None, *, keys: KeyStore, issuer: str,
 
 
 def _answer(connection: sa.Connection, value: str, client_id: str, secret: str, *,
-            keys: KeyStore, issuer: str, now: datetime) -> tuple[dict | None, tokens.Holder | None]:
+            signer: Signer, issuer: str, now: datetime) -> tuple[dict | None, tokens.Holder | None]:
     """The answer (None: take the full path) and the standing it judged."""
-    claims = tokens.access_claims(value, keys=keys, issuer=issuer, now=now) \
+    claims = tokens.access_claims(value, signer=signer, issuer=issuer, now=now) \
         if len(value) <= 16384 else None
     if claims is not None:
         row = _WITH_ACCESS_TOKEN.first(connection, {

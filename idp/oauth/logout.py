@@ -43,8 +43,8 @@ class Deliverer:
             delivery, issuer=cfg["ISSUER"], now=now, jti=passwords.new_id(),
             lifetime=cfg["LOGOUT_TOKEN_LIFETIME"],
         )
-        token = services.keys.sign(claims, alg=delivery.client.id_token_signed_response_alg
-                                   or "RS256", typ="logout+jwt")
+        token = services.signer.sign(claims, alg=delivery.client.id_token_signed_response_alg
+                                     or "RS256", typ="logout+jwt", now=now)
         status, error = None, None
         started = time.monotonic()
         try:

@@ -132,8 +132,8 @@ def generate_token(
     claims["aud"] = audience[0] if len(audience) == 1 else audience
     token = {
         "token_type": "Bearer",
-        "access_token": services().keys.sign(
-            claims, alg=cfg["ACCESS_TOKEN_ALG"], typ=tokens.ACCESS_TOKEN_TYP
+        "access_token": services().signer.sign(
+            claims, alg=cfg["ACCESS_TOKEN_ALG"], typ=tokens.ACCESS_TOKEN_TYP, now=current
         ),
         "expires_in": lifetime,
         "scope": claims["scope"],

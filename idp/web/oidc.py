@@ -23,6 +23,7 @@ from flask import (
     session,
     url_for,
 )
+from joserfc.errors import JoseError
 from sqlalchemy.exc import IntegrityError
 
 from .. import sessions as sessions_domain
@@ -108,8 +109,9 @@ def discovery():
 @bp.get("/.well-known/jwks.json")
 def jwks():
     body = services().keys.jwks_json(now())
+    max_age = int(config()["JWKS_MAX_AGE"].total_seconds())  # what key rotation waits for
     return Response(body, mimetype="application/json",
-                    headers={"Cache-Control": "public, max-age=300"})
+                    headers={"Cache-Control": f"public, max-age={max_age}"})
 
 
 # -- authorization endpoint -------------------------------------------------------
@@ -169,13 +171,11 @@ def _needs_login(principal_session, params) -> bool:
 
 def _hint_subject(hint: str) -> str | None:
     """The subject of an ID token we issued; an expired hint still identifies a user."""
-    import jwt as pyjwt
-
     try:
-        claims = services().keys.verify(
+        claims = services().signer.verify(
             hint, issuer=config()["ISSUER"], now=now(), verify_exp=False
         )
-    except pyjwt.InvalidTokenError:
+    except JoseError:
         raise InvalidRequestError("'id_token_hint' is not an ID token of this provider.") from None
     return claims.get("sub")
 
@@ -400,7 +400,7 @@ def _json(body: dict) -> Response:
 @bp.route("/userinfo", methods=["GET", "POST"])
 @single_valued
 def userinfo():
-    claims = userinfo_answer(request.headers.get("Authorization"), keys=services().keys,
+    claims = userinfo_answer(request.headers.get("Authorization"), signer=services().signer,
                              issuer=config()["ISSUER"], now=now())
     if claims is not None:
         return _json(claims)
@@ -425,7 +425,7 @@ def introspect():
     if form is REPEATED or (form is None and _parameters_repeated()):
         return _repeated_answer()
     body = None if form is None else introspection.answer(
-        form, request.headers.get("Authorization"), keys=services().keys,
+        form, request.headers.get("Authorization"), signer=services().signer,
         issuer=config()["ISSUER"], now=now())
     if body is not None:
         return _json(body)
@@ -462,17 +462,15 @@ def _logout_error(message: str):
 def end_session():
     """Ends the browser's session for a relying party. Without a hint tying the request
     to this browser's session the user confirms first (no logout by a stray link)."""
-    import jwt as pyjwt
-
     params = request.values
     hint, client_id = params.get("id_token_hint"), params.get("client_id")
     target, state = params.get("post_logout_redirect_uri"), params.get("state")
     claims = None
     if hint:
         try:
-            claims = services().keys.verify(hint[:16384], issuer=config()["ISSUER"], now=now(),
-                                            verify_exp=False)
-        except pyjwt.InvalidTokenError:
+            claims = services().signer.verify(hint[:16384], issuer=config()["ISSUER"], now=now(),
+                                              verify_exp=False)
+        except JoseError:
             return _logout_error("The id_token_hint is not an ID token of this provider.")
     client = None
     if client_id:

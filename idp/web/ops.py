@@ -51,7 +51,8 @@ def readyz():
     finally:
         db.session.rollback()
     try:
-        current_app.extensions["idp"].keys.current("RS256")
+        services = current_app.extensions["idp"]
+        services.keys.current("RS256", now=services.clock.now())
         checks["keys"] = "ok"
     except Exception:  # noqa: BLE001 - any failure means not ready
         checks["keys"] = "missing"

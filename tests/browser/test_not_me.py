@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
+import joserfc.jwt as jwt
 import pytest
-from joserfc import jwt
 
 from idp.models import db
 from tests.conftest import PASSWORD

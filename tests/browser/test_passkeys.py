@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
+import joserfc.jwt as jwt
 import pytest
-from joserfc import jwt
 
 from tests.conftest import PASSWORD
 from tests.relying_party import RelyingParty

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import httpx
+import joserfc.jwt as jwt
 import pytest
 import sqlalchemy as sa
-from joserfc import jwt
 from joserfc.jwk import KeySet
 from werkzeug.wrappers import Request, Response
 

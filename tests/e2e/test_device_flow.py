@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import joserfc.jwt as jwt
 import pytest
 import sqlalchemy as sa
-from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from idp import accounts

@@ -14,8 +14,8 @@ import uuid
 from dataclasses import dataclass
 
 import httpx
+import joserfc.jwt as jwt
 import pytest
-from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from idp import accounts

@@ -43,9 +43,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
+import joserfc.jwt as jwt
 import pytest
 import sqlalchemy as sa
-from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from tests.conftest import PASSWORD

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import httpx
+import joserfc.jwt as jwt
 import pytest
 import sqlalchemy as sa
-from joserfc import jwt
 from werkzeug.wrappers import Request, Response
 
 from idp.models import AuditEvent, LoginSession, LogoutDelivery, TokenFamily, db

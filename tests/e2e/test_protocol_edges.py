@@ -7,8 +7,8 @@ import threading
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
+import joserfc.jwt as jwt
 import pytest
-from joserfc import jwt
 
 from tests.conftest import PASSWORD
 from tests.relying_party import Browser, RelyingParty, csrf_token

@@ -15,9 +15,9 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 import httpx
+import joserfc.jwt as jwt
 import pytest
 import sqlalchemy as sa
-from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 from werkzeug.wrappers import Request, Response
 
@@ -390,7 +390,8 @@ def test_a_token_is_introspectable_by_its_client_or_a_resource_server_in_its_aud
     claims = unverified(token["access_token"])
     claims["aud"] = [world.rp.client_id, api.client_id, mail.client_id]
     claims["jti"] = claims["jti"][::-1]
-    widened = world.live.app.extensions["idp"].keys.sign(claims, alg="RS256", typ="at+jwt")
+    widened = world.live.app.extensions["idp"].signer.sign(claims, alg="RS256", typ="at+jwt",
+                                                           now=world.clock.now())
     assert introspect(widened).json()["active"] is True  # its own client, as always
     body = introspect(widened, auth=(api.client_id, api.client_secret)).json()
     assert body["active"] is True and body["client_id"] == world.rp.client_id

@@ -10,8 +10,8 @@ import re
 from urllib.parse import urlencode
 
 import httpx
+import joserfc.jwt as jwt
 import pytest
-from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from idp.models import LoginSession, db

@@ -12,10 +12,10 @@ from datetime import timedelta
 from urllib.parse import urljoin
 
 import httpx
+import joserfc.jwt as jwt
 import pyotp
 import pytest
 import sqlalchemy as sa
-from joserfc import jwt
 
 from idp import factors
 from idp.models import User, db

@@ -14,17 +14,18 @@ import json
 import time
 import uuid
 
-import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import RSAAlgorithm
+from joserfc.jwk import RSAKey
 
+from tests.compact import claims_of, header_of, public_jwk
+from tests.compact import sign as forge
 from tests.security.conftest import ADA, query_of, session_state, text_of
 
 ATTACKER_RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 ATTACKER_EC = ec.generate_private_key(ec.SECP256R1())
-ATTACKER_JWK = json.loads(RSAAlgorithm.to_jwk(ATTACKER_RSA.public_key()))
+ATTACKER_JWK = public_jwk(ATTACKER_RSA.public_key())
 
 
 def b64(data: bytes | dict) -> str:
@@ -50,8 +51,8 @@ def pem_of(public_key) -> bytes:
 
 def forgeries(real: str, public_pem: bytes, *, typ: str | None) -> dict[str, str]:
     """Every way to make a token that names the same claims without our private key."""
-    header = jwt.get_unverified_header(real)
-    claims = jwt.decode(real, options={"verify_signature": False})
+    header = header_of(real)
+    claims = claims_of(real)
     kid = header["kid"]
     base = {"typ": typ} if typ else {}
     out = {
@@ -66,32 +67,25 @@ def forgeries(real: str, public_pem: bytes, *, typ: str | None) -> dict[str, str
             {**base, "alg": "HS256", "kid": kid}, claims, public_pem.strip()),
         "HS512 keyed with our RSA public PEM": unsigned({**base, "alg": "HS512", "kid": kid},
                                                         claims) + b64(b"x" * 64),
-        "attacker key, our kid": jwt.encode(claims, ATTACKER_RSA, algorithm="RS256",
-                                            headers={**base, "kid": kid}),
-        "attacker key in a jwk header": jwt.encode(
-            claims, ATTACKER_RSA, algorithm="RS256",
-            headers={**base, "kid": ATTACKER_JWK.get("kid", "attacker"), "jwk": ATTACKER_JWK}),
-        "attacker key in a jwk header, our kid": jwt.encode(
-            claims, ATTACKER_RSA, algorithm="RS256", headers={**base, "kid": kid,
-                                                               "jwk": ATTACKER_JWK}),
-        "jku to the attacker": jwt.encode(claims, ATTACKER_RSA, algorithm="RS256", headers={
+        "attacker key, our kid": forge(claims, ATTACKER_RSA, "RS256", {**base, "kid": kid}),
+        "attacker key in a jwk header": forge(claims, ATTACKER_RSA, "RS256", {
+            **base, "kid": ATTACKER_JWK.get("kid", "attacker"), "jwk": ATTACKER_JWK}),
+        "attacker key in a jwk header, our kid": forge(claims, ATTACKER_RSA, "RS256", {
+            **base, "kid": kid, "jwk": ATTACKER_JWK}),
+        "jku to the attacker": forge(claims, ATTACKER_RSA, "RS256", {
             **base, "kid": "attacker", "jku": "https://evil.example/jwks.json"}),
-        "x5u to the attacker": jwt.encode(claims, ATTACKER_RSA, algorithm="RS256", headers={
+        "x5u to the attacker": forge(claims, ATTACKER_RSA, "RS256", {
             **base, "kid": "attacker", "x5u": "https://evil.example/cert.pem"}),
-        "x5c chain of the attacker": jwt.encode(claims, ATTACKER_RSA, algorithm="RS256", headers={
+        "x5c chain of the attacker": forge(claims, ATTACKER_RSA, "RS256", {
             **base, "kid": kid, "x5c": [b64(pem_of(ATTACKER_RSA.public_key()))]}),
-        "unknown kid": jwt.encode(claims, ATTACKER_RSA, algorithm="RS256",
-                                  headers={**base, "kid": "rs-20990101-deadbeef"}),
-        "path traversal kid": jwt.encode(claims, ATTACKER_RSA, algorithm="RS256",
-                                         headers={**base, "kid": "../../../../dev/null"}),
-        "no kid": jwt.encode(claims, ATTACKER_RSA, algorithm="RS256", headers=base or None),
-        "ES256 under our RSA kid": jwt.encode(claims, ATTACKER_EC, algorithm="ES256",
-                                              headers={**base, "kid": kid}),
-        "PS256 under our RSA kid": jwt.encode(claims, ATTACKER_RSA, algorithm="PS256",
-                                              headers={**base, "kid": kid}),
-        "crit header": real.split(".", 1)[0][:0] + jwt.encode(
-            claims, ATTACKER_RSA, algorithm="RS256", headers={**base, "kid": kid,
-                                                              "crit": ["exp"]}),
+        "unknown kid": forge(claims, ATTACKER_RSA, "RS256",
+                             {**base, "kid": "rs-20990101-deadbeef"}),
+        "path traversal kid": forge(claims, ATTACKER_RSA, "RS256",
+                                    {**base, "kid": "../../../../dev/null"}),
+        "no kid": forge(claims, ATTACKER_RSA, "RS256", base),
+        "ES256 under our RSA kid": forge(claims, ATTACKER_EC, "ES256", {**base, "kid": kid}),
+        "PS256 under our RSA kid": forge(claims, ATTACKER_RSA, "PS256", {**base, "kid": kid}),
+        "crit header": forge(claims, ATTACKER_RSA, "RS256", {**base, "kid": kid, "crit": ["exp"]}),
         "tampered payload": f"{real.split('.')[0]}.{b64({**claims, 'sub': 'someone-else'})}."
                             f"{real.split('.')[2]}",
         "signature stripped": real.rsplit(".", 1)[0] + ".",
@@ -109,7 +103,9 @@ def world(app, ada, party, signed_in):
     browser = signed_in(ADA)
     tokens = photos.tokens(browser, scope="openid profile email")
     with app.app_context():
-        public_pem = pem_of(app.extensions["idp"].keys.current("RS256").private_key.public_key())
+        services = app.extensions["idp"]
+        key = services.keys.current("RS256", now=services.clock.now())
+        public_pem = pem_of(key.private_key.public_key())
     return photos, browser, tokens, public_pem
 
 
@@ -119,9 +115,9 @@ def test_the_jwks_our_forgeries_start_from_is_the_public_one(world):
     jwks = photos.http.get("/.well-known/jwks.json").get_json()
     for key in jwks["keys"]:
         assert not {"d", "p", "q", "dp", "dq", "qi", "k"} & set(key)
-    kid = jwt.get_unverified_header(tokens["id_token"])["kid"]
+    kid = header_of(tokens["id_token"])["kid"]
     published = next(k for k in jwks["keys"] if k["kid"] == kid)
-    assert pem_of(RSAAlgorithm.from_jwk(published)) == public_pem
+    assert RSAKey.import_key(published).as_pem(private=False) == public_pem
 
 
 def test_forged_id_token_hints_are_refused_at_authorize_and_no_code_is_issued(world):
@@ -173,12 +169,12 @@ def test_forged_access_tokens_are_refused_by_userinfo_the_api_and_introspection(
 
 def test_tokens_signed_by_us_for_another_issuer_or_type_are_refused(app, world):
     photos, browser, tokens, public_pem = world
-    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    claims = claims_of(tokens["access_token"])
     with app.app_context():
-        keys = app.extensions["idp"].keys
-        other_issuer = keys.sign({**claims, "iss": "https://evil.example"}, typ="at+jwt")
-        wrong_typ = keys.sign(claims, typ="JWT")
-        logout_typ = keys.sign(claims, typ="logout+jwt")
+        signer, now = app.extensions["idp"].signer, app.extensions["idp"].clock.now()
+        other_issuer = signer.sign({**claims, "iss": "https://evil.example"}, typ="at+jwt", now=now)
+        wrong_typ = signer.sign(claims, typ="JWT", now=now)
+        logout_typ = signer.sign(claims, typ="logout+jwt", now=now)
     for name, token in (("another issuer", other_issuer), ("typ JWT", wrong_typ),
                         ("typ logout+jwt", logout_typ)):
         assert photos.userinfo(token).status_code == 401, name
@@ -195,7 +191,7 @@ def test_an_expired_access_token_is_refused_even_with_a_valid_signature(world, c
 # -- private_key_jwt client assertions ---------------------------------------------------------
 
 CLIENT_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-CLIENT_JWK = {**json.loads(RSAAlgorithm.to_jwk(CLIENT_KEY.public_key())), "kid": "client-1",
+CLIENT_JWK = {**public_jwk(CLIENT_KEY.public_key()), "kid": "client-1",
               "alg": "RS256", "use": "sig"}
 
 
@@ -218,8 +214,7 @@ def present(batch, assertion: str, grant: str = "client_credentials"):
 
 
 def test_a_genuine_client_assertion_works_once(batch):
-    assertion = jwt.encode(assertion_claims(batch.client_id), CLIENT_KEY, algorithm="RS256",
-                           headers={"kid": "client-1"})
+    assertion = forge(assertion_claims(batch.client_id), CLIENT_KEY, "RS256", {"kid": "client-1"})
     first = present(batch, assertion)
     assert first.status_code == 200, first.get_json()
     replay = present(batch, assertion)
@@ -230,8 +225,7 @@ def test_a_client_id_beside_an_assertion_must_name_its_subject(batch, party):
     """An assertion's client is its ``sub``: a ``client_id`` naming another client is
     refused (and the assertion is not spent by the refusal)."""
     other = party("Other batch", client_credentials=True)
-    assertion = jwt.encode(assertion_claims(batch.client_id), CLIENT_KEY, algorithm="RS256",
-                           headers={"kid": "client-1"})
+    assertion = forge(assertion_claims(batch.client_id), CLIENT_KEY, "RS256", {"kid": "client-1"})
     refused = batch.http.post("/oauth/token", data={
         "grant_type": "client_credentials", "client_id": other.client_id,
         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
@@ -241,8 +235,7 @@ def test_a_client_id_beside_an_assertion_must_name_its_subject(batch, party):
 
 
 def test_forged_client_assertions_are_refused_with_invalid_client(batch):
-    genuine = jwt.encode(assertion_claims(batch.client_id), CLIENT_KEY, algorithm="RS256",
-                         headers={"kid": "client-1"})
+    genuine = forge(assertion_claims(batch.client_id), CLIENT_KEY, "RS256", {"kid": "client-1"})
     client_pem = pem_of(CLIENT_KEY.public_key())
     cases = forgeries(genuine, client_pem, typ=None)
     now = int(time.time())
@@ -258,7 +251,7 @@ def test_forged_client_assertions_are_refused_with_invalid_client(batch):
         "no jti": {k: v for k, v in assertion_claims(batch.client_id).items() if k != "jti"},
         "no exp": {k: v for k, v in assertion_claims(batch.client_id).items() if k != "exp"},
     }.items():
-        cases[name] = jwt.encode(claims, CLIENT_KEY, algorithm="RS256", headers={"kid": "client-1"})
+        cases[name] = forge(claims, CLIENT_KEY, "RS256", {"kid": "client-1"})
     wrong = {}
     for name, assertion in cases.items():
         # A fresh jti for forgeries of the genuine assertion, so replay is not what stops them.

@@ -11,10 +11,10 @@ import time
 import uuid
 from urllib.parse import urlencode
 
+import joserfc.jwt as jwt
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from tests.security.conftest import ADA

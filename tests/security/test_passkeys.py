@@ -7,12 +7,12 @@ a replayed answer, someone else's passkey, a disabled user.
 from __future__ import annotations
 
 import cbor2
-import jwt
 import pytest
 import sqlalchemy as sa
 
 from idp import credentials, passkeys
 from idp.models import AuthFactor, LoginSession, PasskeyChallenge, User, db
+from tests.compact import claims_of
 from tests.conftest import PASSWORD
 from tests.security.conftest import ADA, BOB, Browser, audit_events, csrf_of, text_of
 from tests.security.test_credential_races import (
@@ -97,7 +97,7 @@ def test_a_passkey_added_on_the_account_page_signs_in_alone(app, enrolled, party
         assert stored.sign_count == 1
     # A relying party sees multi-factor, the passkey method and when.
     tokens = party("Photos").tokens(browser)
-    claims = jwt.decode(tokens["id_token"], options={"verify_signature": False})
+    claims = claims_of(tokens["id_token"])
     assert claims["amr"] == ["hwk", "mfa"] and claims["acr"] == "mfa"
 
 

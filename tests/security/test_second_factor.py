@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import re
 
-import jwt
 import pyotp
 import pytest
 import sqlalchemy as sa
 
 from idp import create_app
 from idp.models import db
+from tests.compact import claims_of
 from tests.conftest import PASSWORD
 from tests.security.conftest import ADA, Browser, audit_events, csrf_of, text_of
 
@@ -78,7 +78,7 @@ def test_a_right_password_then_the_apps_code_signs_in(app, clock, enrolled, part
     # The ID token says how: amr carries the one-time code and multi-factor.
     photos = party("Photos")
     tokens = photos.tokens(browser)
-    claims = jwt.decode(tokens["id_token"], options={"verify_signature": False})
+    claims = claims_of(tokens["id_token"])
     assert claims["amr"] == ["pwd", "otp", "mfa"]
 
 
@@ -272,7 +272,7 @@ def test_a_required_second_factor_is_set_up_at_the_next_sign_in_before_any_sessi
     assert browser.cookie() is not None
     assert "Password and authenticator app" in text_of(browser.get("/account/sessions"))
     tokens = photos.tokens(browser)
-    claims = jwt.decode(tokens["id_token"], options={"verify_signature": False})
+    claims = claims_of(tokens["id_token"])
     assert (claims["amr"], claims["acr"]) == (["pwd", "otp", "mfa"], "mfa")
 
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-import jwt as pyjwt
 import pytest
 import sqlalchemy as sa
 
@@ -35,6 +34,7 @@ from idp.models import Account, Client, EndReason, LoginSession, User, db
 from idp.oauth import introspection
 from idp.policy import PolicyBounds, end_reason_sql, validate
 from idp.web import oidc
+from tests.compact import claims_of, header_of
 from tests.conftest import PASSWORD
 from tests.security.conftest import ADA, Browser, Party, read
 
@@ -72,7 +72,7 @@ class World:
         return self.app.extensions["idp"]
 
     def claims(self, token: str | None = None) -> dict:
-        return pyjwt.decode(token or self.access, options={"verify_signature": False})
+        return claims_of(token or self.access)
 
     def do(self, work: Callable):
         """Run domain code in an app context and commit what it did."""
@@ -258,23 +258,24 @@ def expire_access_token(w: World) -> None:
 
 def not_yet_valid(w: World) -> None:
     """The real claims, signed by the provider's own key, but nbf a minute ahead."""
-    keys, alg = w.services.keys, w.app.config["ACCESS_TOKEN_ALG"]
+    signer, alg, now = w.services.signer, w.app.config["ACCESS_TOKEN_ALG"], w.clock.now()
     claims = w.claims()
-    control = keys.sign(claims, alg=alg, typ=tokens.ACCESS_TOKEN_TYP)
+    control = signer.sign(claims, alg=alg, typ=tokens.ACCESS_TOKEN_TYP, now=now)
     assert w.owner.active(control)  # re-signed as it was: accepted, so only nbf differs
-    w.access = keys.sign({**claims, "nbf": int(w.clock.now().timestamp()) + 60}, alg=alg,
-                         typ=tokens.ACCESS_TOKEN_TYP)
+    w.access = signer.sign({**claims, "nbf": int(now.timestamp()) + 60}, alg=alg,
+                           typ=tokens.ACCESS_TOKEN_TYP, now=now)
 
 
 def _kid(w: World) -> str:
-    return pyjwt.get_unverified_header(w.access)["kid"]
+    return header_of(w.access)["kid"]
 
 
 def retire_key_long_ago(w: World) -> None:
     """The signing key was retired longer ago than it stays published: no longer trusted,
     though its file is still there."""
     keys = w.services.keys
-    keys.rotate(w.clock.now() - keys.publish_window - timedelta(seconds=1))
+    # (retired when its successor started signing, signing_delay after the rotation)
+    keys.rotate(w.clock.now() - keys.publish_window - keys.signing_delay - timedelta(seconds=1))
     assert _kid(w) not in {k.kid for k in keys.published(w.clock.now())}
 
 
@@ -283,7 +284,7 @@ def drop_key(w: World) -> None:
     store (manifest entry and PEM file gone)."""
     keys = w.services.keys
     keys.rotate(w.clock.now())
-    keys.rotate(w.clock.now() + keys.publish_window + timedelta(seconds=1))
+    keys.rotate(w.clock.now() + keys.signing_delay + keys.publish_window + timedelta(seconds=1))
     manifest = json.loads(keys.manifest_path.read_text())
     assert _kid(w) not in {entry["kid"] for entry in manifest["keys"]}
     assert not (keys.directory / f"{_kid(w)}.pem").exists()

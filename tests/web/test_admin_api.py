@@ -11,12 +11,12 @@ from pathlib import Path
 
 import httpx
 import jsonschema
-import jwt
 import pytest
 import sqlalchemy as sa
 
 from idp import cli, sessions
 from idp.models import Account, AuditEvent, LoginSession, Role, User, db
+from tests.compact import claims_of
 from tests.flows import obtain_tokens, start_session
 from tests.relying_party import Browser, RelyingParty
 
@@ -30,7 +30,7 @@ def conforms(body: dict, schema_name: str) -> None:
 
 
 def sid(token: dict) -> str:
-    return jwt.decode(token["access_token"], options={"verify_signature": False})["sid"]
+    return claims_of(token["access_token"])["sid"]
 
 
 def policy_state(app, account_id: int) -> tuple:
