@@ -355,6 +355,7 @@ def claim_refresh(value: str, *, now: datetime, ip: str | None = None) -> Claim:
 # -- access tokens ---------------------------------------------------------------
 
 ACCESS_TOKEN_TYP = "at+jwt"
+ID_TOKEN_TYP = "JWT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,6 +576,26 @@ def access_token_claims(
         claims["sid"] = holder.session_id
         claims["auth_time"] = int(holder.created_at.timestamp())
     return claims
+
+
+def id_token_claims(value: str, *, signer: Signer, issuer: str, now: datetime) -> dict | None:
+    """The claims of one of our ID tokens (expired or not), or None: the only token a
+    relying party may present as ``id_token_hint``. Not an access token, which resource
+    servers see and log (``typ`` at+jwt), nor a logout token: ``typ`` JWT, a ``sub``, and an
+    ``aud`` naming only registered, enabled clients."""
+    try:
+        claims = signer.verify(value, issuer=issuer, now=now, typ=ID_TOKEN_TYP,
+                               verify_exp=False)
+    except JoseError:
+        return None
+    audience = claims.get("aud")
+    audience = [audience] if isinstance(audience, str) else audience
+    if not isinstance(claims.get("sub"), str) or not isinstance(audience, list) or not audience \
+            or not all(isinstance(a, str) for a in audience):
+        return None
+    enabled = db.session.scalar(sa.select(sa.func.count()).select_from(Client).where(
+        Client.client_id.in_(audience), Client.disabled_at.is_(None)))
+    return claims if enabled == len(set(audience)) else None
 
 
 def access_claims(value: str, *, signer: Signer, issuer: str, now: datetime) -> dict | None:

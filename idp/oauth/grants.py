@@ -304,7 +304,7 @@ class OpenIDCode(_OpenIDCode):
         at_hash = create_half_hash(token["access_token"], alg)
         claims["at_hash"] = at_hash.decode()
         claims.update(user_info(principal.user, token["scope"]))
-        return services().signer.sign(claims, alg=alg, typ="JWT", now=now())
+        return services().signer.sign(claims, alg=alg, typ=tokens.ID_TOKEN_TYP, now=now())
 
 
 USER_SCOPES = {"openid", "profile", "email", "sessions", "admin"}

@@ -23,11 +23,10 @@ from flask import (
     session,
     url_for,
 )
-from joserfc.errors import JoseError
 from sqlalchemy.exc import IntegrityError
 
 from .. import sessions as sessions_domain
-from .. import step_up
+from .. import step_up, tokens
 from ..metrics import TOKENS
 from ..models import Consent, EndReason, db
 from ..oauth import introspection, scopes
@@ -171,13 +170,11 @@ def _needs_login(principal_session, params) -> bool:
 
 def _hint_subject(hint: str) -> str | None:
     """The subject of an ID token we issued; an expired hint still identifies a user."""
-    try:
-        claims = services().signer.verify(
-            hint, issuer=config()["ISSUER"], now=now(), verify_exp=False
-        )
-    except JoseError:
-        raise InvalidRequestError("'id_token_hint' is not an ID token of this provider.") from None
-    return claims.get("sub")
+    claims = tokens.id_token_claims(hint[:16384], signer=services().signer,
+                                    issuer=config()["ISSUER"], now=now())
+    if claims is None:
+        raise InvalidRequestError("'id_token_hint' is not an ID token of this provider.")
+    return claims["sub"]
 
 
 def _consented(principal: Principal, client, scope: str) -> bool:
@@ -467,10 +464,9 @@ def end_session():
     target, state = params.get("post_logout_redirect_uri"), params.get("state")
     claims = None
     if hint:
-        try:
-            claims = services().signer.verify(hint[:16384], issuer=config()["ISSUER"], now=now(),
-                                              verify_exp=False)
-        except JoseError:
+        claims = tokens.id_token_claims(hint[:16384], signer=services().signer,
+                                        issuer=config()["ISSUER"], now=now())
+        if claims is None:
             return _logout_error("The id_token_hint is not an ID token of this provider.")
     client = None
     if client_id:

@@ -246,3 +246,36 @@ def test_a_bare_link_asks_first_and_then_signs_out_the_provider_session(world):
     done = world.logout(browser, "POST", confirm="1", csrf_token=csrf_token(confirm.text))
     assert done.status_code == 200 and "You are signed out" in done.text
     assert not world.signed_in_at_provider(browser)
+
+
+def test_an_access_token_is_no_id_token_hint(world):
+    """Resource servers see and log access tokens: one as a hint must not sign the user out
+    of the provider and every app from a plain link. Only ID tokens are hints (``typ``
+    JWT, ``aud`` naming registered clients) — at end-session and at /authorize alike."""
+    browser, token = world.signed_in()
+    for method in ("GET", "POST"):
+        refused = world.logout(browser, method, id_token_hint=token["access_token"],
+                               post_logout_redirect_uri=PHOTOS_BYE)
+        assert_error_page(refused)
+        assert "not an ID token" in html.unescape(refused.text)
+    assert world.active(token) and world.signed_in_at_provider(browser)
+    url, _ = world.photos.authorization_url(id_token_hint=token["access_token"], prompt="none")
+    answer = browser.go(url, stop_at=world.photos.redirect_uri)
+    params = world.photos.callback_params(answer)
+    assert params["error"] == "invalid_request" and "code" not in params
+    # The ID token itself still works as the hint, and ends the session at once.
+    ended = world.logout(browser, id_token_hint=token["id_token"],
+                         post_logout_redirect_uri=PHOTOS_BYE)
+    assert ended.status_code in (302, 303) and not world.active(token)
+
+
+def test_an_id_token_of_a_disabled_client_is_no_hint(world):
+    from idp.models import Client
+
+    browser, token = world.signed_in()
+    with world.live.app.app_context():
+        db.session.get(Client, world.photos.client_id).disabled_at = \
+            world.live.clock.now()
+        db.session.commit()
+    assert_error_page(world.logout(browser, id_token_hint=token["id_token"]))
+    assert world.signed_in_at_provider(browser)
