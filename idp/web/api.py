@@ -292,15 +292,48 @@ def _member(sub: str) -> User | None:
     return user
 
 
+def user_json(user: User, active_sessions: int) -> dict:
+    return {"sub": user.sub, "email": user.email, "name": user.name, "role": user.role,
+            "disabled": user.disabled_at is not None, "active_sessions": active_sessions}
+
+
 @bp.get("/admin/users")
 @requires("admin")
 @admin_only
 def admin_users():
     rows = sessions.members_with_active_counts(g.user.account, now())
-    return jsonify({"users": [
-        {"sub": u.sub, "email": u.email, "name": u.name, "role": u.role,
-         "disabled": u.disabled_at is not None, "active_sessions": count}
-        for u, count in rows]})
+    return jsonify({"users": [user_json(u, count) for u, count in rows]})
+
+
+@bp.patch("/admin/users/<sub>")
+@requires("admin")
+@admin_only
+def admin_update_user(sub: str):
+    """``{"role": …}`` and/or ``{"disabled": true|false}``, as on the users page: under the
+    role ordering and the owner rule (``roles``), in one transaction. Disabling ends every
+    session of the user, with back-channel logout."""
+    user = _member(sub)
+    if user is None:
+        return api_error(404, "not_found", "No user of your account has that id.")
+    body = request.get_json(silent=True)
+    if (not isinstance(body, dict) or not body or set(body) - {"role", "disabled"}
+            or ("disabled" in body and not isinstance(body["disabled"], bool))
+            or ("role" in body and body["role"] not in tuple(Role))):
+        return api_error(400, "invalid_request", 'Send a JSON object with "role" (owner, '
+                         'admin or member) and/or "disabled" (true or false).')
+    ended: list = []
+    try:
+        if "role" in body:
+            roles.set_role(g.user, user, body["role"], now=now(), ip=client_ip())
+        if body.get("disabled") is True:
+            ended = roles.disable(g.user, user, now=now(), ip=client_ip()) or []
+        elif body.get("disabled") is False:
+            roles.enable(g.user, user, now=now(), ip=client_ip())
+    except roles.Refused as exc:
+        return refused(exc)
+    db.session.commit()
+    active = len(sessions.active_sessions(user, now())) if user.disabled_at is None else 0
+    return jsonify({"user": user_json(user, active), "sessions_ended": len(ended)})
 
 
 @bp.get("/admin/users/<sub>/sessions")

@@ -186,9 +186,24 @@ def org_client(live_server, make_client) -> RelyingParty:
                         client.redirect_uri)
 
 
-@pytest.mark.parametrize("action", ("end_session", "end_all"))
-@pytest.mark.parametrize("target", ROLES)
-@pytest.mark.parametrize("actor", ROLES)
+API_ACTIONS = ("end_session", "end_all", "disable", "enable", "role:owner", "role:admin",
+               "role:member")
+API_MATRIX = [(actor, target, action) for actor in ROLES for target in ROLES
+              for action in API_ACTIONS if action != f"role:{target}"]
+
+
+def api_request(http, action: str, sub: str, sid: str):
+    base = f"/admin/users/{sub}"
+    if action == "end_session":
+        return http.delete(f"{base}/sessions/{sid}")
+    if action == "end_all":
+        return http.delete(f"{base}/sessions")
+    if action.startswith("role:"):
+        return http.patch(base, json={"role": action.split(":")[1]})
+    return http.patch(base, json={"disabled": action == "disable"})
+
+
+@pytest.mark.parametrize(("actor", "target", "action"), API_MATRIX)
 def test_every_role_pair_and_action_through_the_admin_api(app, clock, live_server, make_client,
                                                           acme, actor, target, action):
     import httpx
@@ -201,10 +216,9 @@ def test_every_role_pair_and_action_through_the_admin_api(app, clock, live_serve
     sub = acme.subs[target_email]
     sid = prepare(app, clock, target_email, action)
     before = state(app, target_email)
-    path = f"/admin/users/{sub}/sessions" + (f"/{sid}" if action == "end_session" else "")
     with httpx.Client(base_url=f"{live_server.url}/api/v1", timeout=10,
                       headers={"Authorization": f"Bearer {token['access_token']}"}) as http:
-        response = http.delete(path)
+        response = api_request(http, action, sub, sid)
     if actor == "member":  # a member is never issued the admin scope (idp/oauth/scopes.py)
         assert "admin" not in token["scope"].split()
         assert response.status_code == 403 and response.json()["error"] == "insufficient_scope"
@@ -213,7 +227,11 @@ def test_every_role_pair_and_action_through_the_admin_api(app, clock, live_serve
     want = expected(actor, target, action)
     assert response.status_code == want, response.text
     if want == 200:
-        assert state(app, target_email)[3] == ("ended_by_admin",)
+        assert changed(before, state(app, target_email), action), response.text
+        if action.startswith(("role:", "disable", "enable")):
+            user = response.json()["user"]
+            assert user["sub"] == sub and user["disabled"] is (action == "disable")
+            assert response.json()["sessions_ended"] == (1 if action == "disable" else 0)
         return
     body = response.json()
     conforms(body, "Error")
@@ -265,6 +283,39 @@ def test_the_last_enabled_owner_is_never_disabled_or_demoted(app, acme):
             AuditEvent.event == "user.role_changed"))
         assert event.detail == {"previous": "owner", "role": "member"}
         assert event.actor == f"admin:{acme.subs['olive@acme.test']}"
+
+
+def test_the_api_keeps_the_last_owner_and_refuses_bodies_it_cannot_read(
+        app, clock, live_server, make_client, acme):
+    import httpx
+
+    from tests.web.test_admin_api import conforms
+
+    rp = org_client(live_server, make_client)
+    token = obtain_tokens(rp, Browser(live_server.url), "olive@acme.test", scope="openid admin")
+    olive, otto = acme.subs["olive@acme.test"], acme.subs["otto@acme.test"]
+    with httpx.Client(base_url=f"{live_server.url}/api/v1", timeout=10,
+                      headers={"Authorization": f"Bearer {token['access_token']}"}) as http:
+        for body in ({}, [], {"disabled": "yes"}, {"role": "root"}, {"email": "x@y.z"},
+                     {"role": "admin", "sub": olive}):
+            bad = http.patch(f"/admin/users/{otto}", json=body)
+            assert bad.status_code == 400 and bad.json()["error"] == "invalid_request", body
+        assert http.patch(f"/admin/users/{otto}", content=b"{not json",
+                          headers={"Content-Type": "application/json"}).status_code == 400
+        disabled = http.patch(f"/admin/users/{otto}", json={"disabled": True})
+        assert disabled.status_code == 200 and disabled.json()["user"]["disabled"] is True
+        before = state(app, "olive@acme.test")
+        for body in ({"role": "admin"}, {"disabled": True}):
+            last = http.patch(f"/admin/users/{olive}", json=body)
+            assert last.status_code == 409 and last.json()["error"] == "last_owner", body
+            conforms(last.json(), "Error")
+        assert state(app, "olive@acme.test") == before
+        # Both changes in one request: one transaction, so either both or neither.
+        both = http.patch(f"/admin/users/{otto}", json={"disabled": False, "role": "admin"})
+        assert both.status_code == 200
+        assert both.json()["user"] == {**both.json()["user"], "role": "admin",
+                                        "disabled": False}
+    assert roles_of(app, "olive@acme.test", "otto@acme.test") == ("owner", "admin")
 
 
 def test_owners_demote_each_other_one_after_the_other_and_one_owner_remains(app, acme):
