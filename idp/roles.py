@@ -43,9 +43,14 @@ class Refused(Exception):
 
     code = "forbidden"
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, actor: str | None = None, target: User | None = None,
+                 action: str | None = None):
         super().__init__(message)
         self.message = message
+        # Who tried what on whom, for the audit trail (``record_refusal``).
+        self.actor, self.action = actor, action
+        self.account_id = target.account_id if target is not None else None
+        self.user_id = target.id if target is not None else None
 
 
 class NotAllowed(Refused):
@@ -80,11 +85,21 @@ def may_manage(actor: User, target: User, role: str | None = None) -> bool:
     return actor.id == target.id or _above(actor.role, target.role)
 
 
-def require(actor: User, target: User, role: str | None = None) -> None:
+def require(actor: User, target: User, role: str | None = None, *, action: str = "view"
+            ) -> None:
     """``may_manage``, or ``NotAllowed`` saying why (for a page that only asks to confirm;
     the action itself checks again under the lock)."""
     if not may_manage(actor, target, role):
-        raise NotAllowed(_not_allowed(actor, target, role))
+        raise NotAllowed(_not_allowed(actor, target, role), actor=_actor(actor), target=target,
+                         action=action)
+
+
+def record_refusal(refusal: Refused, *, now: datetime, ip: str | None) -> None:
+    """Write a refused attempt to the audit trail (in the caller's transaction, after the
+    refused one was rolled back): who tried what on whom, and why it was refused."""
+    audit.record("user.action_refused", now=now, account_id=refusal.account_id,
+                 user_id=refusal.user_id, actor=refusal.actor, ip=ip, action=refusal.action,
+                 reason=refusal.code)
 
 
 def leaves_an_owner(target: User, owners: set[int], *, disabled: bool, role: str) -> bool:
@@ -132,7 +147,7 @@ def _actor(by: User | None) -> str:
     return OPERATOR if by is None else f"admin:{by.sub}"
 
 
-def _check(by: User | None, target: User, *, role: str | None = None,
+def _check(by: User | None, target: User, *, action: str, role: str | None = None,
            disabled: bool | None = None, force: bool = False) -> bool:
     """Under the target's and then the account's lock, with the actor and target read
     afresh: the ordering (unless the operator acts) and, for a change of role or a
@@ -149,7 +164,7 @@ def _check(by: User | None, target: User, *, role: str | None = None,
     db.session.refresh(target)
     if by is not None:
         db.session.refresh(by)
-        require(by, target, role)
+        require(by, target, role, action=action)
     if role is None and disabled is None:
         return False
     after_role = target.role if role is None else role
@@ -160,7 +175,8 @@ def _check(by: User | None, target: User, *, role: str | None = None,
     if force and by is None:
         return True
     raise LastOwner(f"{target.email} is the last enabled owner of {target.account.name}, "
-                    "which must keep one: make another user owner first.")
+                    "which must keep one: make another user owner first.", actor=_actor(by),
+                    target=target, action=action)
 
 
 def _a(role: str) -> str:
@@ -184,14 +200,14 @@ def end_session(by: User | None, session: LoginSession, *, now: datetime,
                 ip: str | None = None) -> bool:
     """End one session of another user ("Ended by an administrator"). False if it had
     already ended."""
-    _check(by, session.user)
+    _check(by, session.user, action="end_session")
     return sessions.end(session, EndReason.ENDED_BY_ADMIN, now=now, actor=_actor(by), ip=ip)
 
 
 def end_sessions(by: User | None, user: User, *, now: datetime, ip: str | None = None
                  ) -> list[LoginSession]:
     """End every session of another user ("Ended by an administrator")."""
-    _check(by, user)
+    _check(by, user, action="end_sessions")
     return sessions.end_all(user, EndReason.ENDED_BY_ADMIN, now=now, actor=_actor(by), ip=ip)
 
 
@@ -200,7 +216,7 @@ def disable(by: User | None, user: User, *, now: datetime, ip: str | None = None
     """The user can no longer sign in and every session of theirs ends now, with its
     tokens and back-channel logout notices (``credentials.disable``). None if they were
     already disabled (nothing changes)."""
-    forced = _check(by, user, disabled=True, force=force)
+    forced = _check(by, user, action="disable", disabled=True, force=force)
     if user.disabled_at is not None:
         return None
     ended = credentials.disable(user, now=now, actor=_actor(by), ip=ip)
@@ -212,7 +228,7 @@ def disable(by: User | None, user: User, *, now: datetime, ip: str | None = None
 
 def enable(by: User | None, user: User, *, now: datetime, ip: str | None = None) -> bool:
     """The user may sign in again (no session comes back). False if they were enabled."""
-    _check(by, user)
+    _check(by, user, action="enable")
     if user.disabled_at is None:
         return False
     credentials.enable(user, now=now, actor=_actor(by), ip=ip)
@@ -225,7 +241,7 @@ def set_role(by: User | None, user: User, role: str, *, now: datetime, ip: str |
     changed, and then nothing is written). Sessions stay: what a role allows is read
     from the user's row on every request."""
     role = str(Role(role))
-    forced = _check(by, user, role=role, force=force)
+    forced = _check(by, user, action=f"set_role:{role}", role=role, force=force)
     previous = user.role
     if previous == role:
         return previous
@@ -240,7 +256,7 @@ def reset_factors(by: User | None, user: User, *, now: datetime, ip: str | None 
                   ) -> list[LoginSession]:
     """Remove every second factor of the user (they lost their phone and recovery codes);
     every session of theirs ends (``factors.remove``)."""
-    _check(by, user)
+    _check(by, user, action="reset_factors")
     return factors.remove(user, None, now=now, actor=_actor(by), ip=ip)
 
 
@@ -249,7 +265,7 @@ def unlock(by: User | None, user: User, *, lockout: Lockout, now: datetime,
     """Clear the user's sign-in lockout (too many failed passwords) before it runs out.
     Under the ordering too: clearing it again and again would let an admin guess an
     owner's password without limit."""
-    _check(by, user)
+    _check(by, user, action="unlock")
     lockout.reset(user.email)
     audit.record("login.unlocked", now=now, account_id=user.account_id, user_id=user.id,
                  actor=_actor(by), ip=ip)

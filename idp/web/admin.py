@@ -141,8 +141,11 @@ def _own_user(sub: str) -> User:
 
 
 def refused(exc: roles.Refused):
-    """The role ordering forbids it (403), or it would leave no enabled owner (409)."""
+    """The role ordering forbids it (403), or it would leave no enabled owner (409).
+    Nothing of it was written; the attempt is, to the audit trail."""
     db.session.rollback()
+    roles.record_refusal(exc, now=now(), ip=client_ip())
+    db.session.commit()
     return error_response(409 if isinstance(exc, roles.LastOwner) else 403, exc.message)
 
 
@@ -171,7 +174,7 @@ def reset_factors(sub: str):
     form = ActionForm()
     if request.method == "GET" or not form.validate_on_submit():
         try:
-            roles.require(g.user, user)
+            roles.require(g.user, user, action="reset_factors")
         except roles.Refused as exc:
             return refused(exc)
         db.session.commit()
@@ -218,7 +221,7 @@ def disable(sub: str):
         return redirect(url_for("admin.users"), 303)
     if request.method == "GET" or not form.validate_on_submit():
         try:
-            roles.require(g.user, user)
+            roles.require(g.user, user, action="disable")
         except roles.Refused as exc:
             return refused(exc)
         db.session.commit()
@@ -309,7 +312,7 @@ def end_user_session(sub: str, session_id: str):
     if view is None:
         abort(404)
     try:
-        roles.require(g.user, user)
+        roles.require(g.user, user, action="end_session")
     except roles.Refused as exc:
         return refused(exc)
     back = url_for("admin.user_sessions", sub=sub)
@@ -345,7 +348,7 @@ def end_user_sessions(sub: str):
     form = ActionForm()
     if request.method == "GET" or not form.validate_on_submit():
         try:
-            roles.require(g.user, user)
+            roles.require(g.user, user, action="end_sessions")
         except roles.Refused as exc:
             return refused(exc)
         views = active_views(user)

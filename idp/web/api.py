@@ -280,8 +280,11 @@ def put_policy():
 
 def refused(exc: roles.Refused):
     """The role ordering forbids it (403 ``forbidden``), or it would leave the account
-    without an enabled owner (409 ``last_owner``); nothing was written."""
+    without an enabled owner (409 ``last_owner``); nothing was written but the attempt,
+    to the audit trail."""
     db.session.rollback()
+    roles.record_refusal(exc, now=now(), ip=client_ip())
+    db.session.commit()
     return api_error(409 if isinstance(exc, roles.LastOwner) else 403, exc.code, exc.message)
 
 
@@ -367,7 +370,7 @@ def admin_end_session(sub: str, session_id: str):
     if view is None:
         return api_error(404, "not_found", "No such session of a user of your account.")
     try:
-        roles.require(g.user, user)
+        roles.require(g.user, user, action="end_session")
         ended = view.status is sessions.Status.ACTIVE and roles.end_session(
             g.user, view.session, now=now(), ip=client_ip())
     except roles.Refused as exc:

@@ -91,7 +91,8 @@ def state(app, email: str) -> tuple:
             LoginSession.user_id == user.id)).all()
         factor_count = db.session.scalar(sa.select(sa.func.count()).select_from(AuthFactor)
                                          .where(AuthFactor.user_id == user.id))
-        events = db.session.scalar(sa.select(sa.func.count()).select_from(AuditEvent))
+        events = db.session.scalar(sa.select(sa.func.count()).select_from(AuditEvent).where(
+            AuditEvent.event != "user.action_refused"))  # (an attempt is audited; below)
         return (user.role, user.disabled_at, user.credentials_version, tuple(ended),
                 factor_count, events, app.extensions["idp"].lockout.locked(email))
 
@@ -123,6 +124,19 @@ def offered(client, action: str, sub: str, sid: str) -> bool:
         return bool(form) and f'value="{action.split(":")[1]}"' in form.group(0)
     confirm, post, _ = urls(action, sub, sid)
     return f'action="{confirm or post}"' in page
+
+
+def refusals(app) -> list[tuple]:
+    """The refused attempts in the audit trail: (actor, target's id, action, reason)."""
+    with app.app_context():
+        return [(e.actor, e.user_id, e.detail["action"], e.detail["reason"])
+                for e in db.session.scalars(sa.select(AuditEvent).where(
+                    AuditEvent.event == "user.action_refused").order_by(AuditEvent.id))]
+
+
+def user_id(app, email: str) -> int:
+    with app.app_context():
+        return db.session.scalar(sa.select(User.id).where(User.email == email))
 
 
 def changed(before: tuple, after: tuple, action: str) -> bool:
@@ -178,6 +192,13 @@ def test_every_role_pair_and_action_through_the_admin_pages(app, clock, acme, ac
         assert state(app, target_email) == before  # nothing half-written
         if want == 403:
             assert "you cannot act on" in text(done) or "Only an owner" in text(done)
+            # Every refused attempt is in the audit trail, once per request that tried.
+            tried = refusals(app)
+            assert tried and {t[:2] for t in tried} == {
+                (f"admin:{acme.subs[email]}", user_id(app, target_email))}
+            assert tried[-1][3] == "forbidden"
+            assert tried[-1][2] == (f"set_role:{action[5:]}" if action.startswith("role:")
+                                    else {"end_all": "end_sessions"}.get(action, action))
 
 
 def org_client(live_server, make_client) -> RelyingParty:
@@ -237,6 +258,8 @@ def test_every_role_pair_and_action_through_the_admin_api(app, clock, live_serve
     conforms(body, "Error")
     assert body["error"] == {404: "not_found", 403: "forbidden"}[want]
     assert state(app, target_email) == before
+    assert [t[:2] for t in refusals(app)] == [(f"admin:{acme.subs[ACTORS[actor]]}",
+                                               user_id(app, target_email))]
 
 
 # -- oneself, and the account's last enabled owner ---------------------------------------------
