@@ -18,27 +18,15 @@ from urllib.parse import parse_qs
 import pytest
 import sqlalchemy as sa
 
-from idp import accounts, cli, sessions, tokens
+from idp import accounts, sessions, tokens
 from idp.models import AuditEvent, Client, LoginSession, LogoutDelivery, TokenFamily, User, db
 from tests.compact import claims_of
 from tests.flows import start_session
 from tests.test_cli import assert_one_line_error, home, idp, one_json_object, template  # noqa: F401
+from tests.web.test_admin_api import run_cli
 
 OWNER, SECOND, ADMIN, MEMBER = ("olive@acme.test", "otto@acme.test", "adam@acme.test",
                                 "mia@acme.test")
-
-
-def run_cli(monkeypatch, capsys, app, *args: str) -> tuple[int, str, str]:
-    """`idp ...` through its console entry point, on the test's database and clock."""
-    monkeypatch.setattr(cli, "_app", lambda: app)
-    capsys.readouterr()
-    try:
-        cli.main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def ok(result: tuple[int, str, str]) -> dict:

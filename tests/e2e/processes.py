@@ -246,6 +246,23 @@ def serve(database_url: str, *, workers: int = 2, env: Mapping[str, str] | None 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def served_database(kind: str, folder: Path, suffix: str) -> Iterator[str]:
+    """For a fixture parametrized sqlite/postgresql: a fresh, empty database for a served
+    instance (``idp init`` migrates it); the PostgreSQL one skips without
+    IDP_TEST_DATABASE_URL."""
+    import pytest
+
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'idp.db'}"
+        return
+    server = os.environ.get("IDP_TEST_DATABASE_URL")
+    if not server:
+        pytest.skip("PostgreSQL variant: set IDP_TEST_DATABASE_URL to run it (.ci/run does)")
+    pytest.importorskip("psycopg")
+    with scratch_database(server, suffix) as url:
+        yield url
+
+
 @contextlib.contextmanager
 def scratch_database(server_url: str, suffix: str) -> Iterator[str]:
     """A new, empty PostgreSQL database ``<database of server_url>_<suffix>`` on the same

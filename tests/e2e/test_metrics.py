@@ -19,7 +19,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import PASSWORD, PG_URL
+from tests.conftest import PASSWORD
 from tests.e2e import processes
 from tests.relying_party import csrf_token
 
@@ -36,15 +36,7 @@ JUNK_METHOD = "FOOBAR"
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
-    """A fresh, empty database for the served instance (``idp init`` migrates it)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'idp.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("PostgreSQL variant: set IDP_TEST_DATABASE_URL to run it (.ci/run does)")
-    pytest.importorskip("psycopg")
-    with processes.scratch_database(PG_URL, "metrics") as url:
-        yield url
+    yield from processes.served_database(request.param, tmp_path, "metrics")
 
 
 class Traffic:

@@ -25,7 +25,6 @@ had committed, so it had lost the race anyway; it counts as refused (never as si
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
@@ -43,7 +42,6 @@ from tests.relying_party import csrf_token
 
 pytestmark = pytest.mark.e2e
 
-PG_URL = os.environ.get("IDP_TEST_DATABASE_URL")
 RACERS = 8
 TRIALS = 5
 CLIENT_TIMEOUT = 10.0  # a response slower than this is a hang
@@ -60,14 +58,7 @@ def database_url(request, tmp_path):
     """A fresh, empty database for one served instance (``idp init`` migrates it)."""
     if not redis_up():
         pytest.skip("needs Redis on 127.0.0.1:6379 for sign-in counters both workers share")
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'idp.db'}"
-        return
-    if not PG_URL:
-        pytest.skip("PostgreSQL variant: set IDP_TEST_DATABASE_URL to run it (.ci/run does)")
-    pytest.importorskip("psycopg")
-    with processes.scratch_database(PG_URL, "pwrace") as url:
-        yield url
+    yield from processes.served_database(request.param, tmp_path, "pwrace")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from idp.models import AuditEvent, AuthFactor, LoginSession, Role, User, db
 from tests.conftest import race
 from tests.flows import obtain_tokens, start_session
 from tests.relying_party import Browser, RelyingParty
+from tests.security.test_credential_races import wait_for_lock_wait
 from tests.web.test_admin import any_csrf, csrf_of, signed_in, text
 
 ACTORS = {"owner": "olive@acme.test", "admin": "adam@acme.test", "member": "mia@acme.test"}
@@ -435,27 +436,6 @@ class Hold:
         if threading.current_thread().name == self.thread and not self.reached.is_set():
             self.reached.set()
             assert self.go.wait(WAIT), "never released"
-
-
-def wait_for_lock_wait(app) -> None:
-    """Until another backend of this database waits for a lock (bounded)."""
-    import time
-
-    engine = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
-    try:
-        deadline = time.monotonic() + WAIT
-        with engine.connect() as conn:
-            while time.monotonic() < deadline:
-                waiting = conn.execute(sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'")).scalar()
-                conn.rollback()
-                if waiting:
-                    return
-                threading.Event().wait(0.01)  # polling another backend's state, not time
-        raise AssertionError("the second owner never waited for the account's lock")
-    finally:
-        engine.dispose()
 
 
 def test_the_second_owner_waits_for_the_first_and_is_then_refused(app, acme, backend,
